@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what this project needs on a Debian 12 machine (as root) and builds
+# it. Safe to run any number of times: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  containerd runc crun            # the container stack the e2e tests drive
+  qemu-system-x86 qemu-utils      # the VM (virtiofsd ships in qemu-system-common)
+  busybox-static tini             # test images and the guest root
+  socat cpio lz4 e2fsprogs erofs-utils util-linux iproute2
+  gcc libc6-dev                   # the guest's small C helpers
+)
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: run as root (it installs packages and the e2e tests start containerd and VMs)" >&2
+  exit 1
+fi
+
+major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$major" -lt 20 ]; then
+  echo "setup: Node.js >= 20 is required (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+log "building"
+npm run --silent build
+
+if [ -f scripts/bundle-agent.mjs ]; then
+  node scripts/bundle-agent.mjs
+fi
+if [ -f scripts/build-guest.sh ]; then
+  bash scripts/build-guest.sh
+fi
+log "ready"
