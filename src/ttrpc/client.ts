@@ -17,7 +17,7 @@ import {
   fromStatus,
 } from '../errors/index.js';
 import { Code } from '../errors/index.js';
-import { FrameDecoder, MESSAGE_LENGTH_MAX, MessageType, encodeFrame } from './frame.js';
+import { FrameDecoder, MESSAGE_LENGTH_MAX, MessageType, writeFrame } from './frame.js';
 import { decodeResponse, encodeRequest, type Metadata } from './messages.js';
 
 export interface CallOptions {
@@ -144,7 +144,7 @@ export class TtrpcClient {
         resolve: (p) => { done(); resolve(p); },
         reject: (e) => { done(); reject(e); },
       });
-      this.stream.write(encodeFrame(streamId, MessageType.Request, 0, request));
+      writeFrame(this.stream, streamId, MessageType.Request, 0, request);
     });
   }
 

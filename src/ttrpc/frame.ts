@@ -2,8 +2,10 @@
  * ttrpc framing: a 10-byte big-endian header (payload length u32, stream id
  * u32, message type u8, flags u8) followed by the payload. The decoder is a
  * pure codec (no I/O): push bytes in, take whole frames out. It is tested by
- * splitting input at every byte offset.
+ * splitting input at every byte offset. writeFrame is the one helper that
+ * writes to a stream.
  */
+import type { Writable } from 'node:stream';
 
 export const HEADER_LENGTH = 10;
 /** containerd/ttrpc's messageLengthMax: 4 MiB. */
@@ -46,16 +48,45 @@ export type DecodedFrame = Frame | OversizedFrame;
 
 /** Encodes one frame. Throws RangeError when the payload is over the limit. */
 export function encodeFrame(streamId: number, type: number, flags: number, payload: Uint8Array): Buffer {
-  if (payload.length > MESSAGE_LENGTH_MAX) {
-    throw new RangeError(`message length ${payload.length} exceed maximum message size of ${MESSAGE_LENGTH_MAX}`);
+  const out = allocFrame(streamId, type, flags, payload.length, payload.length);
+  out.set(payload, HEADER_LENGTH);
+  return out;
+}
+
+/** A buffer of HEADER_LENGTH + extra bytes with the header filled in. */
+function allocFrame(streamId: number, type: number, flags: number, length: number, extra: number): Buffer {
+  if (length > MESSAGE_LENGTH_MAX) {
+    throw new RangeError(`message length ${length} exceed maximum message size of ${MESSAGE_LENGTH_MAX}`);
   }
-  const out = Buffer.allocUnsafe(HEADER_LENGTH + payload.length);
-  out.writeUInt32BE(payload.length, 0);
+  const out = Buffer.allocUnsafe(HEADER_LENGTH + extra);
+  out.writeUInt32BE(length, 0);
   out.writeUInt32BE(streamId >>> 0, 4);
   out.writeUInt8(type, 8);
   out.writeUInt8(flags, 9);
-  out.set(payload, HEADER_LENGTH);
   return out;
+}
+
+/**
+ * Payloads at least this long are not copied behind their header: header and
+ * payload are written as two chunks of one corked write (a single writev on a
+ * socket). Below it, one copy is cheaper than the extra chunk.
+ */
+const GATHER_WRITE_MIN = 16 * 1024;
+
+/**
+ * Writes one frame to a stream, as encodeFrame would encode it. Throws
+ * RangeError (writing nothing) when the payload is over the limit.
+ */
+export function writeFrame(stream: Writable, streamId: number, type: number, flags: number, payload: Uint8Array): void {
+  if (payload.length < GATHER_WRITE_MIN) {
+    stream.write(encodeFrame(streamId, type, flags, payload));
+    return;
+  }
+  const header = allocFrame(streamId, type, flags, payload.length, 0);
+  stream.cork();
+  stream.write(header);
+  stream.write(payload);
+  stream.uncork();
 }
 
 /** Incremental frame decoder; keeps partial input between pushes. */

@@ -15,7 +15,7 @@ import { unlink } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { Code, DeadlineExceededError, InvalidArgumentError, toStatus } from '../errors/index.js';
-import { FrameDecoder, MESSAGE_LENGTH_MAX, MessageType, encodeFrame } from './frame.js';
+import { FrameDecoder, MESSAGE_LENGTH_MAX, MessageType, writeFrame } from './frame.js';
 import { decodeRequest, encodeResponse, type Metadata } from './messages.js';
 import type { MessageCodec } from './client.js';
 
@@ -55,9 +55,35 @@ export interface ServerOptions {
   drainTimeoutMs?: number;
 }
 
+/**
+ * An AbortController created only when a handler reads ctx.signal: one per
+ * call costs more than a small call itself. An abort() that comes first is
+ * remembered, and the signal is then born aborted with the same reason.
+ */
+class LazyAbortController {
+  private controller: AbortController | undefined;
+  private aborted = false;
+  private reason: unknown;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
 interface Conn {
   stream: Duplex;
-  inflight: Map<number, AbortController>;
+  inflight: Map<number, LazyAbortController>;
 }
 
 export class TtrpcServer {
@@ -185,22 +211,31 @@ export class TtrpcServer {
       return;
     }
 
-    const ac = new AbortController();
+    const ac = new LazyAbortController();
     conn.inflight.set(streamId, ac);
+    const ctx: CallContext = {
+      service: req.service,
+      method: req.method,
+      metadata: req.metadata,
+      get signal() {
+        return ac.signal;
+      },
+    };
+    const started = Date.now();
     let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      if (req.timeoutNano > 0) {
-        const ms = Math.max(1, Math.ceil(req.timeoutNano / 1e6));
+    let result = Promise.resolve().then(() => handler(req.payload, ctx));
+    if (req.timeoutNano > 0) {
+      const ms = Math.max(1, Math.ceil(req.timeoutNano / 1e6));
+      const deadline = new Promise<never>((_, reject) => {
         timer = setTimeout(() => {
           const err = new DeadlineExceededError(`${req.service}/${req.method}: deadline exceeded after ${ms} ms`);
           ac.abort(err);
           reject(err);
         }, ms);
-      }
-    });
-    const ctx: CallContext = { service: req.service, method: req.method, metadata: req.metadata, signal: ac.signal };
-    const started = Date.now();
-    Promise.race([Promise.resolve().then(() => handler(req.payload, ctx)), deadline]).then(
+      });
+      result = Promise.race([result, deadline]);
+    }
+    result.then(
       (out) => this.send(conn, streamId, Code.OK, '', out),
       (err: unknown) => {
         const status = toStatus(err);
@@ -226,6 +261,6 @@ export class TtrpcServer {
         payload: new Uint8Array(0),
       });
     }
-    conn.stream.write(encodeFrame(streamId, MessageType.Response, 0, body));
+    writeFrame(conn.stream, streamId, MessageType.Response, 0, body);
   }
 }
