@@ -1,0 +1,47 @@
+/**
+ * A virtio-net NIC on an existing tap device, given by name (the network
+ * layer creates the tap in the pod's netns and starts QEMU there). QEMU runs
+ * no scripts.
+ */
+import { checkQemuId, checkString, invalid } from '../validate.js';
+import { virtioDevice, type DeviceKind } from './types.js';
+
+export interface TapNetConfig {
+  kind: 'tap-net';
+  /** QEMU netdev id. */
+  id: string;
+  /** Host tap interface name (at most 15 bytes). */
+  ifname: string;
+  /** Guest MAC, e.g. 52:54:00:12:34:56. */
+  mac?: string;
+  /** vhost-net acceleration (needs /dev/vhost-net). */
+  vhost?: boolean;
+}
+
+export const tapNet: DeviceKind<TapNetConfig> = {
+  kind: 'tap-net',
+
+  validate(cfg, field) {
+    checkQemuId(cfg.id, `${field}.id`);
+    checkString(cfg.ifname, `${field}.ifname`);
+    if (!/^[A-Za-z0-9._-]{1,15}$/.test(cfg.ifname)) {
+      throw invalid(`${field}.ifname`, `must be 1-15 letters, digits, '.', '_', '-' (got ${JSON.stringify(cfg.ifname)})`);
+    }
+    if (cfg.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(cfg.mac)) {
+      throw invalid(`${field}.mac`, `must look like 52:54:00:12:34:56 (got ${JSON.stringify(cfg.mac)})`);
+    }
+  },
+
+  ids: (cfg) => [cfg.id],
+
+  args(cfg, ctx) {
+    const vhost = cfg.vhost ? ',vhost=on' : '';
+    const mac = cfg.mac === undefined ? '' : `,mac=${cfg.mac.toLowerCase()}`;
+    return [
+      '-netdev', `tap,id=${cfg.id},ifname=${cfg.ifname},script=no,downscript=no${vhost}`,
+      '-device', `${virtioDevice('virtio-net', ctx.machine)},netdev=${cfg.id}${mac}`,
+    ];
+  },
+
+  needsSharedMemory: () => false,
+};

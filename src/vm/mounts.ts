@@ -1,0 +1,77 @@
+/**
+ * The few mount operations the VM layer needs, through util-linux `mount`
+ * and `umount` (Node has no mount(2)). Each runs with a timeout.
+ */
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { InternalError } from '../errors/index.js';
+
+/** Bound on one mount/umount command. */
+export const MOUNT_TIMEOUT_MS = 10_000;
+
+function run(cmd: string, args: string[]): Promise<void> {
+  return new Promise((done, fail) => {
+    execFile(cmd, args, { timeout: MOUNT_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, _stdout, stderr) => {
+      if (err) fail(new InternalError(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`, { cause: err }));
+      else done();
+    });
+  });
+}
+
+/** Undoes mountinfo's octal escapes (\040 for space, …). */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Mount points in our mount namespace, in mount order. */
+export function mountPoints(): string[] {
+  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  return text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => unescapeMountinfo(l.split(' ')[4]!));
+}
+
+/** How many mounts sit exactly on `path`. */
+export function mountCount(path: string): number {
+  const p = resolve(path);
+  return mountPoints().filter((m) => m === p).length;
+}
+
+/** Mount points at or under `dir`. */
+export function mountsUnder(dir: string): string[] {
+  const d = resolve(dir);
+  return mountPoints().filter((m) => m === d || m.startsWith(d + '/'));
+}
+
+/**
+ * Binds `dir` onto itself and makes it a shared mount. Why: with virtiofsd's
+ * namespace sandbox, mounts made under the shared dir after virtiofsd started
+ * (a later container's rootfs) only reach virtiofsd's mount namespace if the
+ * dir is a shared peer; `/` is private on our hosts.
+ */
+export async function bindSelfShared(dir: string): Promise<void> {
+  await run('mount', ['--bind', dir, dir]);
+  try {
+    await run('mount', ['--make-shared', dir]);
+  } catch (err) {
+    await run('umount', [dir]).catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Unmounts `path` and everything under it (`umount -R`), falling back to a
+ * lazy detach when it is busy. No-op when nothing is mounted there.
+ */
+export async function unmountTree(path: string): Promise<void> {
+  if (mountsUnder(path).length === 0) return;
+  try {
+    await run('umount', ['-R', path]);
+  } catch {
+    await run('umount', ['-R', '-l', path]);
+  }
+  // Several mounts stacked on the same point need several passes.
+  for (let i = 0; i < 8 && mountsUnder(path).length > 0; i++) await run('umount', ['-R', '-l', path]);
+}

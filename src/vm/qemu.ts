@@ -1,0 +1,708 @@
+/**
+ * `QemuVm`: one QEMU process per pod, its QMP session, and (optionally) the
+ * virtiofsd serving the pod's shared dir.
+ *
+ * - QEMU is spawned detached (own session and process group, stdio to a log
+ *   file): it survives the shim, which may restart and re-attach with
+ *   `QemuVm.attach(state)`. It is named by pid + /proc start time.
+ * - Every file lives in the per-sandbox 0700 dir: qmp.sock, agent.sock,
+ *   virtiofsd.sock, console.log, qemu.log, virtiofsd.log and vm.json (the
+ *   state record, rewritten as soon as each process is spawned).
+ * - QEMU dying on its own is seen at once: the child's 'exit' when it is our
+ *   child, and the QMP socket closing (then pid + start time are polled) when
+ *   it was re-attached. Either emits 'exit' with expected=false.
+ * - stop(): [system_powerdown →] quit → SIGTERM → SIGKILL, each bounded;
+ *   then virtiofsd, mounts, files, dir. Idempotent, also after a crash.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  CancelledError,
+  Code,
+  DeadlineExceededError,
+  FailedPreconditionError,
+  InternalError,
+  InvalidArgumentError,
+  StatusError,
+  UnavailableError,
+  wrap,
+} from '../errors/index.js';
+import type { Logger } from '../log/index.js';
+import { abortError, deadline, settlesWithin, sleep, withDeadline } from './abort.js';
+import { DEFAULT_AGENT_PORT_NAME, type BlockDeviceConfig, type DeviceConfig, type TapNetConfig } from './devices/index.js';
+import { hostTscKhz } from './host.js';
+import { unmountTree } from './mounts.js';
+import { identify, isAlive, tailFile, terminate, waitGone } from './proc.js';
+import { buildQemuArgs, QEMU_BINARY, type Accelerator, type MachineType, type QemuConfig } from './qemu-args.js';
+import { QmpClient, type QmpCallOptions, type QmpEvent, type QmpStatus } from './qmp-client.js';
+import { parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStateFile, type VmState } from './state.js';
+import { Virtiofsd, type VirtiofsCache } from './virtiofsd.js';
+import { checkOp, type AgentEndpoint, type PauseOptions, type ReadyProbe, type StopOptions, type Vm, type VmEvents, type VmExit, type VmPhase, type WaitReadyOptions } from './vm.js';
+import { checkAbsPath, checkString, invalid } from './validate.js';
+
+/** Spawn → QMP greeting negotiated. */
+export const QMP_CONNECT_TIMEOUT_MS = 10_000;
+/** One QMP command during lifecycle operations. */
+export const QMP_LIFECYCLE_TIMEOUT_MS = 5_000;
+/** Boot → the ready probe succeeds (TCG boots take 2–4 s here). */
+export const VM_READY_TIMEOUT_MS = 60_000;
+/** system_powerdown → QEMU gone. */
+export const QEMU_POWERDOWN_TIMEOUT_MS = 10_000;
+/** quit → QEMU gone. */
+export const QEMU_QUIT_TIMEOUT_MS = 5_000;
+/** SIGTERM → QEMU gone. */
+export const QEMU_TERM_TIMEOUT_MS = 3_000;
+/** SIGKILL → QEMU gone. */
+export const QEMU_KILL_TIMEOUT_MS = 3_000;
+/** After QMP closes, how long our child's 'exit' may take before we poll /proc instead. */
+export const CHILD_EXIT_GRACE_MS = 1_000;
+
+/** Names of the files in the sandbox dir. */
+export const VM_FILES = {
+  qmp: 'qmp.sock',
+  agent: 'agent.sock',
+  virtiofsd: 'virtiofsd.sock',
+  console: 'console.log',
+  qemuLog: 'qemu.log',
+  virtiofsdLog: 'virtiofsd.log',
+  state: VM_STATE_FILE,
+} as const;
+
+export interface QemuTimeouts {
+  qmpConnectMs: number;
+  qmpCommandMs: number;
+  readyMs: number;
+  powerdownMs: number;
+  quitMs: number;
+  termMs: number;
+  killMs: number;
+}
+
+export const DEFAULT_QEMU_TIMEOUTS: QemuTimeouts = {
+  qmpConnectMs: QMP_CONNECT_TIMEOUT_MS,
+  qmpCommandMs: QMP_LIFECYCLE_TIMEOUT_MS,
+  readyMs: VM_READY_TIMEOUT_MS,
+  powerdownMs: QEMU_POWERDOWN_TIMEOUT_MS,
+  quitMs: QEMU_QUIT_TIMEOUT_MS,
+  termMs: QEMU_TERM_TIMEOUT_MS,
+  killMs: QEMU_KILL_TIMEOUT_MS,
+};
+
+export interface SharedFsOptions {
+  /** The only host directory the guest sees (served by virtiofsd). */
+  sharedDir: string;
+  /** Guest mount tag (default `kataShared`). */
+  tag?: string;
+  cache?: VirtiofsCache;
+  sandbox?: 'namespace' | 'chroot';
+  announceSubmounts?: boolean;
+  /** virtiofsd binary (default /usr/lib/qemu/virtiofsd). */
+  binary?: string;
+}
+
+export type AgentChannelOptions =
+  | { transport: 'virtio-serial'; portName?: string }
+  | { transport: 'vsock'; guestCid: number };
+
+export const DEFAULT_SHARED_FS_TAG = 'kataShared';
+
+export interface QemuVmOptions {
+  sandboxId: string;
+  /** The per-sandbox directory (made 0700; created if missing and then removed by stop()). */
+  dir: string;
+  /** Default microvm. */
+  machine?: MachineType;
+  accel: Accelerator;
+  vcpus: number;
+  memoryMiB: number;
+  kernel: string;
+  initrd?: string;
+  kernelParams?: readonly string[];
+  /** Default: virtio-serial port `agent.0` backed by `<dir>/agent.sock`. */
+  agent?: AgentChannelOptions;
+  sharedFs?: SharedFsOptions;
+  blockDevices?: readonly BlockDeviceConfig[];
+  tapNets?: readonly TapNetConfig[];
+  /** Default `qemu-system-x86_64` from PATH. */
+  qemuBinary?: string;
+  logger: Logger;
+  timeouts?: Partial<QemuTimeouts>;
+}
+
+export interface AttachOptions {
+  logger: Logger;
+  timeouts?: Partial<QemuTimeouts>;
+  signal?: AbortSignal;
+}
+
+/** What start() needs beyond the state record. */
+interface Plan {
+  qemuConfig: QemuConfig;
+  binary: string;
+  sharedFs: SharedFsOptions | undefined;
+}
+
+function describeExit(e: VmExit): string {
+  const how = e.signal ? `killed by ${e.signal}` : e.code !== null ? `exit code ${e.code}` : 'exited';
+  return e.reason ? `${how}, ${e.reason}` : how;
+}
+
+/** A QEMU VM: start, waitReady, pause/resume, stop; or attach to a running one. */
+export class QemuVm extends EventEmitter<VmEvents> implements Vm {
+  readonly sandboxId: string;
+
+  private readonly log: Logger;
+  private readonly timeouts: QemuTimeouts;
+  private readonly plan: Plan | undefined;
+  /** The record vm.json holds; mutated only by start() and teardown. */
+  private readonly st: VmState;
+  private phaseValue: VmPhase;
+  private child: ChildProcess | undefined;
+  private qmp: QmpClient | undefined;
+  private virtiofsd: Virtiofsd | undefined;
+  private exitValue: VmExit | undefined;
+  private shutdownReason: string | undefined;
+  private readonly exitPromise: Promise<VmExit>;
+  private resolveExit!: (e: VmExit) => void;
+  /** Aborted when the VM stops or dies: cancels in-flight start/pause/resume/waitReady. */
+  private readonly opsAbort = new AbortController();
+  /** pause/resume run one at a time, in call order. */
+  private opChain: Promise<unknown> = Promise.resolve();
+  private startPromise: Promise<void> | undefined;
+  /** True once the dir is ours to clean (start() got past its checks). */
+  private prepared: boolean;
+  private stopPromise: Promise<void> | undefined;
+
+  /**
+   * Validates the options (INVALID_ARGUMENT naming the field) without touching
+   * the system; start() does the work.
+   */
+  constructor(opts: QemuVmOptions);
+  /** @internal used by attach() */
+  constructor(opts: QemuVmOptions | undefined, restored: { state: VmState; logger: Logger; timeouts?: Partial<QemuTimeouts> });
+  constructor(opts: QemuVmOptions | undefined, restored?: { state: VmState; logger: Logger; timeouts?: Partial<QemuTimeouts> }) {
+    super();
+    this.exitPromise = new Promise((r) => (this.resolveExit = r));
+    if (restored) {
+      this.st = restored.state;
+      this.sandboxId = this.st.sandboxId;
+      this.log = restored.logger.child({ module: 'vm', sandbox: this.sandboxId });
+      this.timeouts = { ...DEFAULT_QEMU_TIMEOUTS, ...restored.timeouts };
+      this.plan = undefined;
+      this.phaseValue = 'starting';
+      this.prepared = true;
+      return;
+    }
+    if (!opts) throw new InvalidArgumentError('options: required');
+    checkString(opts.sandboxId, 'sandboxId');
+    if (!/^[A-Za-z0-9._-]{1,128}$/.test(opts.sandboxId)) throw invalid('sandboxId', `must be 1-128 letters, digits, '.', '_', '-'`);
+    checkAbsPath(opts.dir, 'dir');
+    this.sandboxId = opts.sandboxId;
+    this.log = opts.logger.child({ module: 'vm', sandbox: opts.sandboxId });
+    this.timeouts = { ...DEFAULT_QEMU_TIMEOUTS, ...opts.timeouts };
+    const machine = opts.machine ?? 'microvm';
+    const f = (name: string): string => join(opts.dir, name);
+    const devices: DeviceConfig[] = [];
+    const agentOpt: AgentChannelOptions = opts.agent ?? { transport: 'virtio-serial' };
+    let agent: AgentEndpoint;
+    const files: string[] = [VM_FILES.qmp, VM_FILES.console, VM_FILES.qemuLog, VM_FILES.state, `${VM_FILES.state}.tmp`];
+    if (agentOpt.transport === 'virtio-serial') {
+      const portName = agentOpt.portName ?? DEFAULT_AGENT_PORT_NAME;
+      agent = { transport: 'virtio-serial', socketPath: f(VM_FILES.agent), portName };
+      devices.push({ kind: 'agent-channel', transport: 'virtio-serial', socketPath: agent.socketPath, portName });
+      files.push(VM_FILES.agent);
+    } else {
+      agent = { transport: 'vsock', guestCid: agentOpt.guestCid };
+      devices.push({ kind: 'agent-channel', transport: 'vsock', guestCid: agentOpt.guestCid });
+    }
+    if (opts.sharedFs) {
+      checkAbsPath(opts.sharedFs.sharedDir, 'sharedFs.sharedDir');
+      devices.push({ kind: 'shared-fs', socketPath: f(VM_FILES.virtiofsd), tag: opts.sharedFs.tag ?? DEFAULT_SHARED_FS_TAG });
+      files.push(VM_FILES.virtiofsd, VM_FILES.virtiofsdLog);
+    }
+    devices.push(...(opts.blockDevices ?? []), ...(opts.tapNets ?? []));
+    const tscKhz = machine === 'microvm' ? hostTscKhz() : undefined;
+    const qemuConfig: QemuConfig = {
+      machine,
+      accel: opts.accel,
+      vcpus: opts.vcpus,
+      memoryMiB: opts.memoryMiB,
+      kernel: opts.kernel,
+      ...(opts.initrd !== undefined ? { initrd: opts.initrd } : {}),
+      ...(opts.kernelParams !== undefined ? { kernelParams: opts.kernelParams } : {}),
+      ...(tscKhz !== undefined ? { tscKhz } : {}),
+      consoleLog: f(VM_FILES.console),
+      qmpSocket: f(VM_FILES.qmp),
+      devices,
+      name: `sandbox-${opts.sandboxId.slice(0, 32)}`,
+    };
+    buildQemuArgs(qemuConfig); // validate now: a bad config fails before anything exists
+    this.plan = { qemuConfig, binary: opts.qemuBinary ?? QEMU_BINARY, sharedFs: opts.sharedFs };
+    this.st = {
+      version: VM_STATE_VERSION,
+      sandboxId: opts.sandboxId,
+      dir: opts.dir,
+      ownsDir: false,
+      files,
+      machine,
+      accel: opts.accel,
+      qmpSocket: qemuConfig.qmpSocket,
+      consoleLog: qemuConfig.consoleLog,
+      qemuLog: f(VM_FILES.qemuLog),
+      agent,
+      mounts: [],
+      createdAt: new Date().toISOString(),
+    };
+    this.phaseValue = 'created';
+    this.prepared = false;
+  }
+
+  /**
+   * Re-attaches to a VM recorded by an earlier process (shim restart):
+   * checks pid + start time, connects QMP, reads the run state.
+   * UNAVAILABLE when that QEMU is no longer running (use cleanupFromState).
+   */
+  static async attach(state: VmState, opts: AttachOptions): Promise<QemuVm> {
+    const st = parseVmState(structuredClone(state));
+    if (!st.qemu) throw new FailedPreconditionError(`vm ${st.sandboxId}: state has no qemu process`);
+    if (!isAlive(st.qemu)) throw new UnavailableError(`vm ${st.sandboxId}: qemu pid ${st.qemu.pid} is not running`);
+    const vm = new QemuVm(undefined, { state: st, logger: opts.logger, ...(opts.timeouts ? { timeouts: opts.timeouts } : {}) });
+    if (st.virtiofsd) vm.virtiofsd = Virtiofsd.attach(st.virtiofsd, vm.log);
+    try {
+      const signal = opts.signal ? AbortSignal.any([opts.signal, vm.opsAbort.signal]) : vm.opsAbort.signal;
+      vm.qmp = await QmpClient.connect(st.qmpSocket, { logger: vm.log, timeoutMs: vm.timeouts.qmpConnectMs, signal, commandTimeoutMs: vm.timeouts.qmpCommandMs });
+      vm.watchQmp(vm.qmp);
+      const status = await vm.qmp.queryStatus();
+      vm.phaseValue = status.status === 'paused' ? 'paused' : 'running';
+    } catch (err) {
+      vm.qmp?.close();
+      throw wrap(err, `vm ${st.sandboxId}: attach`);
+    }
+    vm.log.info({ pid: st.qemu.pid, phase: vm.phaseValue }, 'vm re-attached');
+    return vm;
+  }
+
+  get phase(): VmPhase {
+    return this.phaseValue;
+  }
+
+  get pid(): number | undefined {
+    return this.st.qemu?.pid;
+  }
+
+  get agent(): AgentEndpoint {
+    return this.st.agent;
+  }
+
+  get consoleLogPath(): string {
+    return this.st.consoleLog;
+  }
+
+  get exitInfo(): VmExit | undefined {
+    return this.exitValue;
+  }
+
+  /** The last lines of the guest's serial console. */
+  consoleTail(lines = 30): string {
+    return tailFile(this.st.consoleLog, lines);
+  }
+
+  /** A JSON-serializable copy of the state record. */
+  state(): VmState {
+    return structuredClone(this.st);
+  }
+
+  /** QMP `query-status`. */
+  async queryStatus(opts: QmpCallOptions = {}): Promise<QmpStatus> {
+    const qmp = this.liveQmp('query-status');
+    return qmp.queryStatus({ timeoutMs: this.timeouts.qmpCommandMs, ...opts });
+  }
+
+  /**
+   * Creates the dir, starts virtiofsd (if asked), spawns QEMU and connects
+   * QMP. On failure everything made so far is removed and the VM is stopped.
+   */
+  async start(opts: { signal?: AbortSignal } = {}): Promise<void> {
+    checkOp(this.sandboxId, this.phaseValue, 'start');
+    this.phaseValue = 'starting';
+    this.startPromise = this.doStart(opts.signal);
+    return this.startPromise;
+  }
+
+  async waitReady(probe: ReadyProbe, opts: WaitReadyOptions = {}): Promise<void> {
+    checkOp(this.sandboxId, this.phaseValue, 'waitReady');
+    const timeoutMs = opts.timeoutMs ?? this.timeouts.readyMs;
+    const outer = opts.signal ? AbortSignal.any([opts.signal, this.opsAbort.signal]) : this.opsAbort.signal;
+    const d = deadline(timeoutMs, outer);
+    const t0 = Date.now();
+    let attempts = 0;
+    let lastErr: unknown;
+    let backoff = 20;
+    try {
+      for (;;) {
+        attempts++;
+        try {
+          await probe(d.signal);
+          this.log.info({ ms: Date.now() - t0, attempts }, 'vm ready');
+          return;
+        } catch (err) {
+          lastErr = err;
+        }
+        if (d.signal.aborted) break;
+        try {
+          await sleep(backoff, d.signal);
+        } catch {
+          break;
+        }
+        backoff = Math.min(backoff * 2, 500);
+      }
+      const last = lastErr instanceof Error ? lastErr.message : String(lastErr);
+      const tail = this.consoleTail(20);
+      if (this.exitValue) {
+        throw new UnavailableError(`vm ${this.sandboxId}: qemu exited while waiting for the guest (${describeExit(this.exitValue)}); console:\n${tail}`);
+      }
+      const err = abortError(d.signal, `vm ${this.sandboxId}: wait for the guest`, timeoutMs);
+      if (err.code === Code.DEADLINE_EXCEEDED) {
+        throw new DeadlineExceededError(
+          `vm ${this.sandboxId}: guest not ready within ${timeoutMs} ms (${attempts} probes, last error: ${last}); console:\n${tail}`,
+          { cause: lastErr },
+        );
+      }
+      throw err;
+    } finally {
+      d.dispose();
+    }
+  }
+
+  /** QMP `stop`, then `query-status` must say paused. */
+  async pause(opts: PauseOptions = {}): Promise<void> {
+    checkOp(this.sandboxId, this.phaseValue, 'pause');
+    return this.serialize('pause', opts.signal, async (signal) => {
+      checkOp(this.sandboxId, this.phaseValue, 'pause');
+      const qmp = this.liveQmp('pause');
+      await qmp.stop({ signal, timeoutMs: this.timeouts.qmpCommandMs });
+      const s = await qmp.queryStatus({ signal, timeoutMs: this.timeouts.qmpCommandMs });
+      if (s.status !== 'paused') throw new InternalError(`vm ${this.sandboxId}: pause: status is ${s.status} after stop`);
+      if (this.phaseValue === 'running') this.phaseValue = 'paused';
+      this.log.info('vm paused');
+    });
+  }
+
+  /** QMP `cont`, then `query-status` must say running. */
+  async resume(opts: PauseOptions = {}): Promise<void> {
+    checkOp(this.sandboxId, this.phaseValue, 'resume');
+    return this.serialize('resume', opts.signal, async (signal) => {
+      checkOp(this.sandboxId, this.phaseValue, 'resume');
+      const qmp = this.liveQmp('resume');
+      await qmp.cont({ signal, timeoutMs: this.timeouts.qmpCommandMs });
+      const s = await qmp.queryStatus({ signal, timeoutMs: this.timeouts.qmpCommandMs });
+      if (s.status !== 'running') throw new InternalError(`vm ${this.sandboxId}: resume: status is ${s.status} after cont`);
+      if (this.phaseValue === 'paused') this.phaseValue = 'running';
+      this.log.info('vm resumed');
+    });
+  }
+
+  /**
+   * Stops QEMU ([system_powerdown →] quit → SIGTERM → SIGKILL) and removes
+   * virtiofsd, mounts, sockets, logs and (if it made it) the dir. Safe on a
+   * VM that already died, never started, or is being stopped.
+   */
+  async stop(opts: StopOptions = {}): Promise<void> {
+    checkOp(this.sandboxId, this.phaseValue, 'stop');
+    this.stopPromise ??= this.doStop(opts);
+    return this.stopPromise;
+  }
+
+  // ---------------------------------------------------------------------------
+  // start
+
+  private async doStart(signal: AbortSignal | undefined): Promise<void> {
+    const plan = this.plan!;
+    const t0 = Date.now();
+    const sig = signal ? AbortSignal.any([signal, this.opsAbort.signal]) : this.opsAbort.signal;
+    try {
+      for (const [field, path] of [['kernel', plan.qemuConfig.kernel], ['initrd', plan.qemuConfig.initrd]] as const) {
+        if (path !== undefined && !isFile(path)) throw new InvalidArgumentError(`${field}: ${path}: no such file`);
+      }
+      this.prepareDir();
+      if (plan.sharedFs) {
+        const sf = plan.sharedFs;
+        this.virtiofsd = await Virtiofsd.start({
+          socketPath: join(this.st.dir, VM_FILES.virtiofsd),
+          sharedDir: sf.sharedDir,
+          logFile: join(this.st.dir, VM_FILES.virtiofsdLog),
+          logger: this.log,
+          signal: sig,
+          ...(sf.binary !== undefined ? { binary: sf.binary } : {}),
+          ...(sf.cache !== undefined ? { cache: sf.cache } : {}),
+          ...(sf.sandbox !== undefined ? { sandbox: sf.sandbox } : {}),
+          ...(sf.announceSubmounts !== undefined ? { announceSubmounts: sf.announceSubmounts } : {}),
+        });
+        this.st.virtiofsd = this.virtiofsd.state();
+        this.st.mounts = [...this.st.virtiofsd.mounts];
+        writeStateFile(this.st);
+      }
+      this.spawnQemu(plan);
+      const qmp = await this.connectQmp(sig);
+      this.qmp = qmp;
+      this.watchQmp(qmp);
+      const status = await qmp.queryStatus({ signal: sig, timeoutMs: this.timeouts.qmpCommandMs });
+      if (status.status !== 'running') throw new InternalError(`vm ${this.sandboxId}: qemu status ${status.status} after start`);
+      if (this.phaseValue !== 'starting') throw new CancelledError(`vm ${this.sandboxId}: start: stopped meanwhile`);
+      this.phaseValue = 'running';
+      this.log.info({ pid: this.st.qemu!.pid, accel: this.st.accel, machine: this.st.machine, ms: Date.now() - t0 }, 'vm started');
+    } catch (err) {
+      const failure = this.startError(err);
+      this.log.error({ err: failure }, 'vm start failed');
+      if (this.phaseValue === 'starting') this.phaseValue = 'stopping';
+      await this.teardown({}).catch((e: unknown) => this.log.error({ err: e }, 'teardown after failed start'));
+      this.phaseValue = 'stopped';
+      throw failure;
+    }
+  }
+
+  /** Names the phase and, when QEMU died, adds the tail of its log. */
+  private startError(err: unknown): StatusError {
+    if (this.exitValue && !(err instanceof StatusError && err.code === Code.INVALID_ARGUMENT)) {
+      const log = tailFile(this.st.qemuLog, 15);
+      return new UnavailableError(`vm ${this.sandboxId}: start: qemu ${describeExit(this.exitValue)}: ${log || '(no output)'}`, { cause: err });
+    }
+    if (err instanceof StatusError && err.code === Code.INVALID_ARGUMENT) return err;
+    return wrap(err, `vm ${this.sandboxId}: start`);
+  }
+
+  private prepareDir(): void {
+    const dir = this.st.dir;
+    let exists = false;
+    try {
+      const s = statSync(dir);
+      if (!s.isDirectory()) throw new FailedPreconditionError(`vm ${this.sandboxId}: ${dir} is not a directory`);
+      exists = true;
+    } catch (err) {
+      if (err instanceof StatusError) throw err;
+    }
+    if (exists) {
+      if (existsSync(join(dir, VM_FILES.state))) {
+        throw new FailedPreconditionError(`vm ${this.sandboxId}: ${dir} already holds ${VM_FILES.state} (another VM, or one to clean up)`);
+      }
+    } else {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      this.st.ownsDir = true;
+    }
+    chmodSync(dir, 0o700);
+    this.prepared = true;
+    writeStateFile(this.st);
+  }
+
+  private spawnQemu(plan: Plan): void {
+    const args = buildQemuArgs(plan.qemuConfig);
+    const logFd = openSync(this.st.qemuLog, 'a', 0o600);
+    let child: ChildProcess;
+    try {
+      // detached: setsid(), so QEMU has its own session and process group
+      // and outlives the shim; stdio to a file, never a pipe to us.
+      child = spawn(plan.binary, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+    } finally {
+      closeSync(logFd);
+    }
+    // The child handle stays ref'd: while we watch QEMU, its 'exit' must be
+    // delivered even when nothing else keeps the event loop alive. Detached,
+    // QEMU itself survives this process either way.
+    this.child = child;
+    child.once('exit', (code, signal) => this.markExited(code, signal));
+    child.once('error', (err) => {
+      this.log.error({ err, binary: plan.binary }, 'qemu spawn failed');
+      this.markExited(null, null, `spawn failed: ${err.message}`);
+    });
+    const id = child.pid === undefined ? undefined : identify(child.pid);
+    if (id) {
+      this.st.qemu = { ...id, binary: plan.binary };
+      writeStateFile(this.st);
+    }
+    this.log.debug({ pid: child.pid, binary: plan.binary, args }, 'qemu spawned');
+  }
+
+  private async connectQmp(signal: AbortSignal): Promise<QmpClient> {
+    const path = this.st.qmpSocket;
+    return withDeadline(`vm ${this.sandboxId}: connect QMP`, this.timeouts.qmpConnectMs, signal, async (sig) => {
+      for (;;) {
+        if (this.exitValue) throw new UnavailableError(`vm ${this.sandboxId}: qemu exited before QMP was up`);
+        if (existsSync(path)) {
+          try {
+            return await QmpClient.connect(path, { logger: this.log, signal: sig, timeoutMs: this.timeouts.qmpConnectMs, commandTimeoutMs: this.timeouts.qmpCommandMs });
+          } catch (err) {
+            if (!(err instanceof StatusError && err.code === Code.UNAVAILABLE)) throw err;
+          }
+        }
+        await sleep(10, sig, 'qmp socket');
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------------------
+  // exits
+
+  private watchQmp(qmp: QmpClient): void {
+    qmp.on('event', (e: QmpEvent) => {
+      if (e.event === 'SHUTDOWN' && typeof e.data['reason'] === 'string') this.shutdownReason = e.data['reason'];
+    });
+    qmp.on('close', () => {
+      if (this.exitValue || this.phaseValue === 'stopping' || this.phaseValue === 'stopped') return;
+      void this.watchLiveness();
+    });
+  }
+
+  /**
+   * QMP closed without our asking: QEMU is (almost certainly) dying. Our own
+   * child reports its exit status through 'exit'; a re-attached QEMU is not
+   * our child, so poll pid + start time.
+   */
+  private async watchLiveness(): Promise<void> {
+    const qemu = this.st.qemu;
+    if (!qemu) return;
+    // Ref'd timers: this watch is what reports the exit, it must not let the
+    // process end first. It ends when QEMU is gone.
+    if (this.child) await settlesWithin(this.exitPromise, CHILD_EXIT_GRACE_MS);
+    let interval = 20;
+    while (!this.exitValue && this.phaseValue !== 'stopped') {
+      if (!isAlive(qemu)) {
+        this.markExited(null, null);
+        return;
+      }
+      await sleep(interval);
+      interval = Math.min(interval * 2, 500);
+    }
+  }
+
+  private markExited(code: number | null, signal: NodeJS.Signals | null, reason?: string): void {
+    if (this.exitValue) return;
+    const expected = this.phaseValue === 'stopping' || this.phaseValue === 'stopped';
+    const info: VmExit = { code, signal, expected, at: new Date() };
+    const why = reason ?? this.shutdownReason;
+    if (why !== undefined) info.reason = why;
+    this.exitValue = info;
+    if (this.phaseValue === 'running' || this.phaseValue === 'paused') this.phaseValue = 'exited';
+    this.opsAbort.abort(new UnavailableError(`vm ${this.sandboxId}: qemu ${describeExit(info)}`));
+    this.resolveExit(info);
+    if (this.phaseValue === 'starting') {
+      // start() rejects with the reason; there is no running VM to report on.
+      this.log.warn({ exit: info }, 'qemu exited during start');
+      return;
+    }
+    if (expected) this.log.info({ exit: info }, 'qemu exited');
+    else this.log.warn({ exit: info }, 'qemu exited unexpectedly');
+    this.emit('exit', info);
+  }
+
+  // ---------------------------------------------------------------------------
+  // stop
+
+  private async doStop(opts: StopOptions): Promise<void> {
+    const from = this.phaseValue;
+    this.phaseValue = 'stopping';
+    if (!this.opsAbort.signal.aborted) this.opsAbort.abort(new CancelledError(`vm ${this.sandboxId}: stopping`));
+    if (from === 'created') {
+      this.phaseValue = 'stopped';
+      return;
+    }
+    if (from === 'starting' && this.startPromise) {
+      // start() sees the abort, tears down what it made, and rejects.
+      await this.startPromise.catch(() => {});
+      this.phaseValue = 'stopped';
+      return;
+    }
+    try {
+      await this.teardown(opts);
+    } finally {
+      this.phaseValue = 'stopped';
+    }
+    this.log.info('vm stopped');
+  }
+
+  private qemuGone(ms: number): Promise<boolean> {
+    const q = this.st.qemu;
+    if (!q || this.exitValue) return Promise.resolve(true);
+    return Promise.race([this.exitPromise.then(() => true), waitGone(q, ms)]);
+  }
+
+  /** Everything after the processes: idempotent, runs on every path. */
+  private async teardown(opts: StopOptions): Promise<void> {
+    const q = this.st.qemu;
+    const t = this.timeouts;
+    if (q && !this.exitValue && isAlive(q)) {
+      const qmp = this.qmp && !this.qmp.isClosed ? this.qmp : undefined;
+      if (opts.powerdown && qmp) {
+        try {
+          await qmp.systemPowerdown({ timeoutMs: t.qmpCommandMs });
+          if (!(await this.qemuGone(t.powerdownMs))) this.log.warn({ timeoutMs: t.powerdownMs }, 'guest ignored system_powerdown');
+        } catch (err) {
+          this.log.warn({ err }, 'system_powerdown failed');
+        }
+      }
+      if (qmp && !this.exitValue && isAlive(q)) {
+        try {
+          await qmp.quit({ timeoutMs: t.qmpCommandMs });
+          if (!(await this.qemuGone(t.quitMs))) this.log.warn({ timeoutMs: t.quitMs }, 'qemu still running after quit');
+        } catch (err) {
+          this.log.warn({ err }, 'qmp quit failed');
+        }
+      }
+      if (!this.exitValue && isAlive(q)) {
+        const how = await terminate(q, { termTimeoutMs: t.termMs, killTimeoutMs: t.killMs, group: true, what: 'qemu', logger: this.log, exited: this.exitPromise });
+        if (how === 'survived') throw new InternalError(`vm ${this.sandboxId}: qemu pid ${q.pid} survived SIGKILL`);
+      }
+    }
+    if (q && !this.exitValue) {
+      // Gone per /proc (a zombie is gone too); give our child's 'exit',
+      // which carries the status, a moment to arrive.
+      if (this.child) await settlesWithin(this.exitPromise, CHILD_EXIT_GRACE_MS);
+      this.markExited(null, null);
+    }
+    this.qmp?.close();
+    if (this.virtiofsd) await this.virtiofsd.stop();
+    for (const m of this.st.mounts) await unmountTree(m);
+    if (!this.prepared) return; // the dir's files are not ours (start failed its checks)
+    const report = { removed: [] as string[], leftMounts: [] as string[] };
+    removeVmFiles(this.st, report, this.log);
+    if (report.leftMounts.length > 0) {
+      throw new FailedPreconditionError(`vm ${this.sandboxId}: mounts left under ${this.st.dir}: ${report.leftMounts.join(', ')}`);
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // helpers
+
+  private liveQmp(op: string): QmpClient {
+    if (!this.qmp || this.qmp.isClosed) throw new UnavailableError(`vm ${this.sandboxId}: ${op}: no QMP connection`);
+    return this.qmp;
+  }
+
+  /** Runs lifecycle operations one at a time; stop() or an exit cancels them. */
+  private serialize(op: string, signal: AbortSignal | undefined, fn: (signal: AbortSignal) => Promise<void>): Promise<void> {
+    const sig = signal ? AbortSignal.any([signal, this.opsAbort.signal]) : this.opsAbort.signal;
+    const run = async (): Promise<void> => {
+      if (sig.aborted) throw abortError(sig, `vm ${this.sandboxId}: ${op}`);
+      try {
+        await fn(sig);
+      } catch (err) {
+        if (sig.aborted && !(err instanceof StatusError && err.code === Code.FAILED_PRECONDITION)) {
+          throw abortError(sig, `vm ${this.sandboxId}: ${op}`);
+        }
+        throw err;
+      }
+    };
+    const p = this.opChain.then(run, run);
+    this.opChain = p.catch(() => {});
+    return p;
+  }
+}
+
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
