@@ -126,7 +126,12 @@ export class AgentClient {
   }
 
   async createSandbox(req: CreateSandboxRequest, opts?: CallOptions): Promise<void> {
-    await this.short('CreateSandbox', pb.CreateSandboxRequest, pb.Empty, { sandboxId: req.sandboxId, hostname: req.hostname ?? '' }, opts);
+    await this.short('CreateSandbox', pb.CreateSandboxRequest, pb.Empty, {
+      sandboxId: req.sandboxId,
+      hostname: req.hostname ?? '',
+      sharedFsTag: req.sharedFs?.tag ?? '',
+      sharedFsMountPoint: req.sharedFs?.mountPoint ?? '',
+    }, opts);
   }
 
   async destroySandbox(req: DestroySandboxRequest = {}, opts?: CallOptions): Promise<void> {

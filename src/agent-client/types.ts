@@ -29,6 +29,13 @@ export interface CreateSandboxRequest {
   sandboxId: string;
   /** Sets the guest's hostname when given. */
   hostname?: string;
+  /**
+   * The pod's shared dir (virtio-fs) for the agent to mount before it
+   * answers: the device's tag and an absolute guest mount point on a
+   * writable file system (e.g. under /run). Container rootfs paths then
+   * point inside the mount point.
+   */
+  sharedFs?: { tag: string; mountPoint: string };
 }
 
 export interface DestroySandboxRequest {

@@ -10,6 +10,7 @@ import type { Logger } from '../log/index.js';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors/index.js';
 import { Container, type ContainerEnv } from './container.js';
 import { OomMonitor } from './oom.js';
+import { SharedFs, type SharedFsSpec } from './shared-fs.js';
 import type { OciRuntime } from './runtime.js';
 import type { ContainerState } from './state.js';
 import { checkOciSpec, type JsonObject } from './validate.js';
@@ -21,6 +22,8 @@ export interface SandboxOptions {
   ttyHelper: string | undefined;
   cgroupParent: string;
   logger: Logger;
+  /** The shared-dir mounter (default: a real one, mount/umount from PATH). */
+  sharedFs?: SharedFs;
 }
 
 export interface NewContainer {
@@ -58,9 +61,11 @@ export class Sandbox {
   private readonly env: ContainerEnv;
   private socketCounter = 0;
   private readonly logger: Logger;
+  private readonly sharedFs: SharedFs;
 
   constructor(private readonly opts: SandboxOptions) {
     this.logger = opts.logger.child({ module: 'sandbox' });
+    this.sharedFs = opts.sharedFs ?? new SharedFs({ logger: opts.logger });
     this.oom = new OomMonitor(() => this.containers.values(), this.logger);
     this.env = {
       runtime: opts.runtime,
@@ -82,16 +87,21 @@ export class Sandbox {
     return this.sandboxIdValue;
   }
 
-  /** Idempotent for the same id (a restarted shim calls it again). */
-  async createSandbox(id: string, hostname: string): Promise<void> {
-    if (this.sandboxIdValue === id) return;
-    if (this.sandboxIdValue) throw new AlreadyExistsError(`sandbox ${this.sandboxIdValue} already exists`);
-    if (hostname) {
-      if (!/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname)) throw new InvalidArgumentError(`hostname: ${JSON.stringify(hostname)} is not a valid hostname`);
-      await writeFile('/proc/sys/kernel/hostname', hostname);
+  /**
+   * Idempotent for the same id (a restarted shim calls it again): the shared
+   * dir is mounted again if it is not. The share is mounted before the id is
+   * taken, so a failed mount leaves no sandbox behind and can be retried.
+   */
+  async createSandbox(id: string, hostname: string, sharedFs?: SharedFsSpec): Promise<void> {
+    if (this.sandboxIdValue && this.sandboxIdValue !== id) throw new AlreadyExistsError(`sandbox ${this.sandboxIdValue} already exists`);
+    if (hostname && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname)) {
+      throw new InvalidArgumentError(`hostname: ${JSON.stringify(hostname)} is not a valid hostname`);
     }
+    if (sharedFs) await this.sharedFs.ensure(sharedFs);
+    if (this.sandboxIdValue === id) return;
+    if (hostname) await writeFile('/proc/sys/kernel/hostname', hostname);
     this.sandboxIdValue = id;
-    this.logger.info({ sandbox: id }, 'sandbox created');
+    this.logger.info({ sandbox: id, sharedFs }, 'sandbox created');
   }
 
   /** Kills every process, removes every container, forgets the sandbox. */
@@ -103,6 +113,8 @@ export class Sandbox {
       await c.remove().catch((err) => this.logger.warn({ err, container: c.id }, 'remove during destroy failed'));
       this.containers.delete(c.id);
     }
+    // The containers' rootfs were inside the share: unmount it last.
+    await this.sharedFs.release();
     this.logger.info({ sandbox: this.sandboxIdValue, containers: all.length }, 'sandbox destroyed');
     this.sandboxIdValue = '';
   }

@@ -14,6 +14,7 @@ import type { OciRuntime } from './runtime.js';
 import { AGENT_VERSION } from './version.js';
 import { checkContainerId, checkExecId, checkOciProcess, checkSignal, checkWinSize, parseJsonObject } from './validate.js';
 import { InvalidArgumentError } from '../errors/index.js';
+import { checkSharedFs } from './shared-fs.js';
 
 const pb = kata.agent.v1;
 
@@ -55,7 +56,8 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
     })),
 
     CreateSandbox: unary(pb.CreateSandboxRequest, pb.Empty, async (req) => {
-      await sandbox.createSandbox(checkContainerId(req.sandboxId, 'sandbox_id'), req.hostname);
+      await sandbox.createSandbox(checkContainerId(req.sandboxId, 'sandbox_id'), req.hostname,
+        checkSharedFs(req.sharedFsTag, req.sharedFsMountPoint));
       return empty();
     }),
 

@@ -36,7 +36,7 @@ export interface ConnectOptions {
 
 /** Encoder/decoder pair of a generated protobufjs message type. */
 export interface MessageCodec<T, P = T> {
-  encode(message: P): { finish(): Uint8Array };
+  encode(message: P): { finish(shared?: boolean): Uint8Array };
   decode(bytes: Uint8Array): T;
 }
 

@@ -65,7 +65,7 @@ export function encodeResponse(res: ResponseEnvelope): Uint8Array {
     // containerd/ttrpc always sets status, OK included.
     status: { code: res.code, message: res.message },
     payload: res.code === Code.OK ? res.payload : new Uint8Array(0),
-  }).finish();
+  }).finish(true); // a view of the writer's own buffer: one copy of the payload, not two
 }
 
 /** Throws when the bytes are not a Response. */

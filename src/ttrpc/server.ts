@@ -45,7 +45,9 @@ export function unary<Req, Res>(
     } catch (err) {
       throw new InvalidArgumentError(`cannot decode ${ctx.service}/${ctx.method} request: ${(err as Error).message}`);
     }
-    return resType.encode(await fn(req, ctx)).finish();
+    // A view of the writer's buffer (the writer is dropped): no second copy of
+    // a large answer (ReadStdout's up to 1 MiB; copies are dear under TCG).
+    return resType.encode(await fn(req, ctx)).finish(true);
   };
 }
 

@@ -1,6 +1,7 @@
 /**
  * The agent's pull-based stdio: reads served in call order, nothing read
- * ahead beyond the pipe's high-water mark, cancelled reads consume nothing,
+ * ahead beyond the pipe's high-water mark until the host reads (then up to
+ * the last read's size), cancelled reads consume nothing,
  * EOF for everyone at the end; stdin writes answered once accepted.
  */
 import { test } from 'node:test';
@@ -93,4 +94,58 @@ test('stdin: writes resolve once the sink took them; close ends it; late writes 
   const pending = gone.write(Buffer.from('x'));
   gone.detach('process c3 has exited');
   await assert.rejects(pending, (e: StatusError) => e.code === Code.FAILED_PRECONDITION);
+});
+
+test('once read, the stream reads ahead up to the last read size, so a fast producer gets big answers', async () => {
+  let produced = 0;
+  const src = new Readable({
+    highWaterMark: 1024,
+    read() {
+      produced += 512;
+      this.push(Buffer.alloc(512, 1));
+    },
+  });
+  const out = new OutputStream();
+  out.attach(src);
+  await sleep(10);
+  const before = produced;
+  assert.ok(before <= 2048, `read ahead ${before} bytes before any read`);
+  const first = await out.read(64 * 1024);
+  assert.ok(first.data.length > 0);
+  // While the next read is on its way, up to 64 KiB (plus one chunk of the source) are taken.
+  await sleep(50);
+  assert.ok(produced >= 64 * 1024 && produced <= 64 * 1024 + 4096, `produced ${produced}`);
+  const second = await out.read(64 * 1024);
+  assert.equal(second.data.length, 64 * 1024);
+  assert.ok(second.data.every((b) => b === 1));
+  src.destroy();
+});
+
+test('held bytes are handed out before EOF, in order; close() drops them', async () => {
+  const src = new PassThrough();
+  const out = new OutputStream();
+  out.attach(src);
+  src.write('a'.repeat(10));
+  assert.equal((await out.read(4)).data.toString(), 'aaaa');
+  src.write('b'.repeat(10));
+  src.end();
+  await sleep(10);
+  assert.equal(out.isEof, false, 'bytes are still held');
+  let all = '';
+  for (;;) {
+    const r = await out.read(5);
+    if (r.eof) break;
+    all += r.data.toString();
+  }
+  assert.equal(all, 'aaaaaa' + 'b'.repeat(10));
+  assert.equal(out.isEof, true);
+  // close() drops whatever is held.
+  const s2 = new PassThrough();
+  const o2 = new OutputStream();
+  o2.attach(s2);
+  s2.write('xyz');
+  assert.equal((await o2.read(1)).data.toString(), 'x');
+  await sleep(10);
+  o2.close();
+  assert.equal((await o2.read(10)).eof, true);
 });

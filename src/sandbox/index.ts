@@ -1,0 +1,2 @@
+export * from './guest-image.js';
+export * from './sandbox-vm.js';

@@ -1,0 +1,293 @@
+/**
+ * SandboxVm: one pod's VM with its agent, ready to run containers — the glue
+ * between `src/vm` (which knows no agent) and `src/agent-client` (which knows
+ * no VM). The shim's service will hold one per pod.
+ *
+ * It owns, and releases on every path (failed start, stop, stop after a
+ * crash), in reverse order of acquisition:
+ *
+ *   <dir>/               the sandbox dir (0700; removed if we made it)
+ *   <dir>/shared/        the pod's shared dir, served to the guest by virtio-fs
+ *                        (tag `kataShared`) and mounted by the agent at
+ *                        GUEST_SHARED_DIR; a container's rootfs goes in
+ *                        shared/<cid>/rootfs (host) = <GUEST_SHARED_DIR>/<cid>/rootfs (guest)
+ *   the Vm               QEMU + virtiofsd + sockets (BootVmProvider / QemuVm.stop)
+ *   the AgentClient      the connection that passed the ready probe
+ *   the agent's sandbox  CreateSandbox (mounts the share) / DestroySandbox
+ *
+ * Boot: the guest image's kernel + initrd, its root image as a read-only
+ * virtio-blk disk (/dev/vda), its kernel command line plus
+ * `-- --serial-port agent.0 --runtime /usr/bin/crun` (words after `--` are
+ * the init's arguments, which it hands to the agent), microvm, accel `auto`
+ * (a KVM probe with the bare initrd; TCG here). Ready = AgentClient.connect
+ * (the KATAAGENT1 handshake) + Check answered; that client is kept.
+ *
+ * Nothing is removed through a mount: a directory is deleted only when
+ * /proc/self/mountinfo shows nothing mounted under it.
+ */
+import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { join, posix } from 'node:path';
+import { AgentClient } from '../agent-client/index.js';
+import { FailedPreconditionError, InvalidArgumentError, StatusError } from '../errors/index.js';
+import type { Logger } from '../log/index.js';
+import {
+  BootVmProvider, mountsUnder, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmResources,
+} from '../vm/index.js';
+import type { GuestImage } from './guest-image.js';
+
+/** virtio-fs tag of the pod's shared dir. */
+export const SHARED_FS_TAG = 'kataShared';
+/** Where the agent mounts the shared dir in the guest (a tmpfs: the guest root is read-only). */
+export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
+/** The agent's virtio-serial port. */
+export const AGENT_PORT = 'agent.0';
+/** The OCI runtime in the guest image. */
+export const GUEST_RUNTIME = '/usr/bin/crun';
+/**
+ * 1 vCPU (a second one does not help under TCG), 256 MiB: measured (bench/vm.ts)
+ * as enough for the agent plus busybox containers (the guest's page cache
+ * holds node from the root image); give big workloads more.
+ */
+export const DEFAULT_RESOURCES: VmResources = { vcpus: 1, memoryMiB: 256 };
+/** Boot → agent answers Check (TCG boots the agent in 6-10 s here; a loaded host takes longer). */
+export const AGENT_READY_TIMEOUT_MS = 90_000;
+/** One connect + handshake attempt of the ready probe. */
+const PROBE_CONNECT_TIMEOUT_MS = 15_000;
+/** DestroySandbox during stop: the agent's own kill timeout. */
+const DESTROY_TIMEOUT_MS = 5_000;
+
+export interface SandboxVmOptions {
+  sandboxId: string;
+  /** The per-sandbox directory (created 0700 if missing; must not hold a VM already). */
+  dir: string;
+  image: GuestImage;
+  logger: Logger;
+  resources?: VmResources;
+  /** Default microvm (vmlinux); q35 boots the bzImage. */
+  machine?: MachineType;
+  /** Default `auto`: a KVM probe with the image's bare initrd, TCG otherwise. */
+  accel?: AccelSetting;
+  /** More agent flags (e.g. `--debug`). No spaces. */
+  agentArgs?: readonly string[];
+  /** More kernel parameters (e.g. `guest.debug` for the init's timings). */
+  kernelParams?: readonly string[];
+  readyTimeoutMs?: number;
+  signal?: AbortSignal;
+  /** Call timeout of the kept AgentClient (its default otherwise). */
+  agentCallTimeoutMs?: number;
+}
+
+/** The kernel parameters that boot `image` into the agent. */
+export function agentKernelParams(image: GuestImage, extra: { kernelParams?: readonly string[]; agentArgs?: readonly string[] } = {}): string[] {
+  return [
+    ...image.cmdline,
+    ...(extra.kernelParams ?? []),
+    '--',
+    '--serial-port', AGENT_PORT,
+    '--runtime', GUEST_RUNTIME,
+    ...(extra.agentArgs ?? []),
+  ];
+}
+
+/**
+ * How a pod VM boots `image` (everything but the ready probe): the kernel for
+ * the machine type, the stage-1 initrd, the root image as a read-only
+ * virtio-blk disk, the agent's kernel parameters, the agent's virtio-serial
+ * port, the shared dir's virtio-fs tag and cache mode.
+ */
+export function sandboxBootOptions(image: GuestImage, o: {
+  machine?: MachineType;
+  accel?: AccelSetting;
+  kernelParams?: readonly string[];
+  agentArgs?: readonly string[];
+} = {}): BootVmProviderOptions {
+  const machine = o.machine ?? 'microvm';
+  return {
+    kernel: machine === 'microvm' ? image.vmlinux : image.bzImage,
+    initrd: image.initrd,
+    kernelParams: agentKernelParams(image, o),
+    machine,
+    accel: o.accel ?? 'auto',
+    kvmProbe: { kernel: image.vmlinux, initrd: image.bareInitrd },
+    agent: { transport: 'virtio-serial', portName: AGENT_PORT },
+    sharedFsTag: SHARED_FS_TAG,
+    // The share holds container root filesystems that the host writes and
+    // the guest reads and writes: coherent caching (auto), not `always`.
+    sharedFsCache: 'auto',
+    blockDevices: [{ kind: 'block', id: 'guestroot', path: image.rootfs, readOnly: true, serial: 'guestroot' }],
+  };
+}
+
+type Cleanup = { what: string; run: () => Promise<void> | void };
+
+export class SandboxVm {
+  /** Host path of the shared dir. */
+  readonly sharedDir: string;
+  /** Guest path where the agent mounted it. */
+  readonly guestSharedDir = GUEST_SHARED_DIR;
+  /** ms from start() to the agent answering Check, and to CreateSandbox done. */
+  readonly timings = { readyMs: 0, sandboxMs: 0 };
+
+  private vmValue: Vm | undefined;
+  private agentValue: AgentClient | undefined;
+  private readonly cleanups: Cleanup[] = [];
+  private readonly log: Logger;
+  private stopping: Promise<void> | undefined;
+
+  private constructor(private readonly opts: SandboxVmOptions) {
+    this.sharedDir = join(opts.dir, 'shared');
+    this.log = opts.logger.child({ module: 'sandbox-vm', sandbox: opts.sandboxId });
+  }
+
+  /** Boots the VM, waits for the agent, creates the agent's sandbox (mounting the share). */
+  static async start(opts: SandboxVmOptions): Promise<SandboxVm> {
+    const s = new SandboxVm(opts);
+    try {
+      await s.doStart();
+    } catch (err) {
+      await s.release().catch((e: unknown) => s.log.error({ err: e }, 'cleanup after failed start'));
+      throw err;
+    }
+    return s;
+  }
+
+  get vm(): Vm {
+    if (!this.vmValue) throw new FailedPreconditionError(`sandbox ${this.opts.sandboxId}: no VM`);
+    return this.vmValue;
+  }
+
+  get agent(): AgentClient {
+    if (!this.agentValue) throw new FailedPreconditionError(`sandbox ${this.opts.sandboxId}: no agent connection`);
+    return this.agentValue;
+  }
+
+  /** Host path of a container's rootfs dir (inside the shared dir). */
+  rootfsHostPath(containerId: string): string {
+    return join(this.sharedDir, checkName(containerId), 'rootfs');
+  }
+
+  /** The same directory as the guest sees it (CreateContainer's rootfs_path). */
+  rootfsGuestPath(containerId: string): string {
+    return posix.join(GUEST_SHARED_DIR, checkName(containerId), 'rootfs');
+  }
+
+  /**
+   * DestroySandbox (best effort), then closes the agent connection, stops
+   * the VM and removes the shared dir and the sandbox dir. Idempotent; every
+   * step runs even if an earlier one fails (the first error is thrown at the end).
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.release();
+    return this.stopping;
+  }
+
+  private async doStart(): Promise<void> {
+    const o = this.opts;
+    const t0 = Date.now();
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(o.sandboxId)) throw new InvalidArgumentError(`sandboxId: ${JSON.stringify(o.sandboxId)} is not a valid id`);
+    for (const a of [...(o.agentArgs ?? []), ...(o.kernelParams ?? [])]) {
+      if (/\s/.test(a) || a === '--') throw new InvalidArgumentError(`kernel parameter ${JSON.stringify(a)}: no spaces, no "--"`);
+    }
+
+    // The dirs: made here so that the shared dir exists before virtiofsd starts.
+    if (!existsSync(o.dir)) {
+      mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+      this.push('sandbox dir', () => removeDirIfUnmounted(o.dir));
+    } else if (!statSync(o.dir).isDirectory()) {
+      throw new FailedPreconditionError(`sandbox dir ${o.dir} is not a directory`);
+    }
+    if (existsSync(this.sharedDir)) throw new FailedPreconditionError(`shared dir ${this.sharedDir} already exists`);
+    mkdirSync(this.sharedDir, { mode: 0o755 });
+    this.push('shared dir', () => removeDirIfUnmounted(this.sharedDir));
+
+    let probed: AgentClient | undefined;
+    const provider = new BootVmProvider({
+      ...sandboxBootOptions(o.image, o),
+      readyTimeoutMs: o.readyTimeoutMs ?? AGENT_READY_TIMEOUT_MS,
+      readyProbe: async (vm, signal) => {
+        const ep = vm.agent;
+        if (ep.transport !== 'virtio-serial') throw new FailedPreconditionError(`agent transport ${ep.transport} is not supported here`);
+        const c = await AgentClient.connect(ep.socketPath, {
+          signal,
+          connectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
+          // HELLO is lost while the guest has its port closed, so it is
+          // repeated; often, so that readiness is seen within 50 ms.
+          helloIntervalMs: 50,
+          logger: this.log,
+          ...(o.agentCallTimeoutMs !== undefined ? { timeoutMs: o.agentCallTimeoutMs } : {}),
+        });
+        try {
+          await c.check({ signal, timeoutMs: 10_000 });
+        } catch (err) {
+          c.close();
+          throw err;
+        }
+        probed?.close();
+        probed = c;
+      },
+    });
+    let vm: Vm;
+    try {
+      vm = await provider.acquire({
+        sandboxId: o.sandboxId,
+        dir: o.dir,
+        resources: o.resources ?? DEFAULT_RESOURCES,
+        sharedDir: this.sharedDir,
+        logger: o.logger,
+        ...(o.signal ? { signal: o.signal } : {}),
+      });
+    } catch (err) {
+      (probed as AgentClient | undefined)?.close();
+      throw err;
+    }
+    this.vmValue = vm;
+    this.push('vm', () => vm.stop());
+    const agent = probed as AgentClient | undefined;
+    if (!agent) throw new FailedPreconditionError(`sandbox ${o.sandboxId}: VM ready without an agent connection`);
+    this.agentValue = agent;
+    this.push('agent connection', () => agent.close());
+    this.timings.readyMs = Date.now() - t0;
+
+    await agent.createSandbox({ sandboxId: o.sandboxId, sharedFs: { tag: SHARED_FS_TAG, mountPoint: GUEST_SHARED_DIR } },
+      o.signal ? { signal: o.signal } : {});
+    this.push('agent sandbox', async () => {
+      // Kills the containers and unmounts the share in the guest; skipped when
+      // the VM or the connection is already gone (the VM's stop ends them anyway).
+      if (agent.isClosed || vm.exitInfo) return;
+      await agent.destroySandbox({ timeoutMs: DESTROY_TIMEOUT_MS });
+    });
+    this.timings.sandboxMs = Date.now() - t0;
+    this.log.info({ readyMs: this.timings.readyMs, sandboxMs: this.timings.sandboxMs, pid: vm.pid }, 'sandbox vm ready');
+  }
+
+  private push(what: string, run: Cleanup['run']): void {
+    this.cleanups.push({ what, run });
+  }
+
+  /** Runs every cleanup, last first; throws the first failure after all ran. */
+  private async release(): Promise<void> {
+    let first: unknown;
+    while (this.cleanups.length > 0) {
+      const c = this.cleanups.pop()!;
+      try {
+        await c.run();
+      } catch (err) {
+        this.log.warn({ err, step: c.what }, 'sandbox cleanup step failed');
+        first ??= err instanceof StatusError ? err : new FailedPreconditionError(`sandbox ${this.opts.sandboxId}: ${c.what}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    if (first !== undefined) throw first;
+  }
+}
+
+function checkName(id: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id)) throw new InvalidArgumentError(`container id ${JSON.stringify(id)} is not a valid id`);
+  return id;
+}
+
+/** rm -rf, but never through a mount point. */
+function removeDirIfUnmounted(dir: string): void {
+  const left = mountsUnder(dir);
+  if (left.length > 0) throw new FailedPreconditionError(`not removing ${dir}: still mounted: ${left.join(', ')}`);
+  rmSync(dir, { recursive: true, force: true });
+}
