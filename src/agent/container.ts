@@ -32,7 +32,8 @@ export interface ContainerEnv {
   logger: Logger;
 }
 
-export interface CreateContainerOptions {
+/** What a CreateContainer request asks for, after validation. */
+export interface NewContainer {
   id: string;
   /** Parsed and checked OCI spec. */
   spec: JsonObject;
@@ -42,6 +43,9 @@ export interface CreateContainerOptions {
   stdin: boolean;
   rows?: number;
   cols?: number;
+}
+
+export interface CreateContainerOptions extends NewContainer {
   /** The bundle directory to write (under the agent's state dir). */
   bundleDir: string;
 }

@@ -8,12 +8,12 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log/index.js';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors/index.js';
-import { Container, type ContainerEnv } from './container.js';
+import { Container, type ContainerEnv, type NewContainer } from './container.js';
 import { OomMonitor } from './oom.js';
 import { SharedFs, type SharedFsSpec } from './shared-fs.js';
 import type { OciRuntime } from './runtime.js';
 import type { ContainerState } from './state.js';
-import { checkOciSpec, type JsonObject } from './validate.js';
+import { checkOciSpec } from './validate.js';
 
 export interface SandboxOptions {
   runtime: OciRuntime;
@@ -26,15 +26,7 @@ export interface SandboxOptions {
   sharedFs?: SharedFs;
 }
 
-export interface NewContainer {
-  id: string;
-  spec: JsonObject;
-  rootfsPath: string;
-  terminal: boolean;
-  stdin: boolean;
-  rows?: number;
-  cols?: number;
-}
+export type { NewContainer } from './container.js';
 
 export interface ProcessSummary {
   execId: string;
