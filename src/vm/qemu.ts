@@ -35,7 +35,7 @@ import { DEFAULT_AGENT_PORT_NAME, type BlockDeviceConfig, type DeviceConfig, typ
 import { hostTscKhz } from './host.js';
 import { unmountTree } from './mounts.js';
 import { identify, isAlive, tailFile, terminate, waitGone } from './proc.js';
-import { buildQemuArgs, QEMU_BINARY, type Accelerator, type MachineType, type QemuConfig } from './qemu-args.js';
+import { buildQemuArgs, QEMU_BINARY, type MachineType, type QemuConfig } from './qemu-args.js';
 import { QmpClient, type QmpCallOptions, type QmpEvent, type QmpStatus } from './qmp-client.js';
 import { parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStateFile, type VmState } from './state.js';
 import { Virtiofsd, type VirtiofsCache } from './virtiofsd.js';
@@ -108,18 +108,15 @@ export type AgentChannelOptions =
 
 export const DEFAULT_SHARED_FS_TAG = 'kataShared';
 
-export interface QemuVmOptions {
+/** The machine itself, as in QemuConfig (see qemu-args.ts for each field). */
+type MachineOptions = Pick<QemuConfig, 'accel' | 'vcpus' | 'memoryMiB' | 'kernel' | 'initrd' | 'kernelParams'>;
+
+export interface QemuVmOptions extends MachineOptions {
   sandboxId: string;
   /** The per-sandbox directory (made 0700; created if missing and then removed by stop()). */
   dir: string;
   /** Default microvm. */
   machine?: MachineType;
-  accel: Accelerator;
-  vcpus: number;
-  memoryMiB: number;
-  kernel: string;
-  initrd?: string;
-  kernelParams?: readonly string[];
   /** Default: virtio-serial port `agent.0` backed by `<dir>/agent.sock`. */
   agent?: AgentChannelOptions;
   sharedFs?: SharedFsOptions;

@@ -23,9 +23,11 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from '../../src/agent-client/index.js';
-import { Code, StatusError } from '../../src/errors/index.js';
+import { Code } from '../../src/errors/index.js';
 import { projectRoot, runtimeSpec, writeBusyboxRootfs, type OciSpec } from '../harness/busybox.js';
 import { pidAlive, waitFor } from '../harness/containerd.js';
+import { drainStdout, readAll } from '../harness/agent.js';
+import { expectCode } from '../harness/status.js';
 
 const CRUN = process.env.AGENT_TEST_RUNTIME ?? '/usr/bin/crun';
 const canRun = process.getuid?.() === 0 && existsSync(CRUN);
@@ -155,27 +157,6 @@ function spec(args: string[], mutate?: (s: OciSpec) => void, terminal = false): 
 let seq = 0;
 function uid(prefix: string): string {
   return `${prefix}-${++seq}-${randomBytes(2).toString('hex')}`;
-}
-
-async function readAll(c: AgentClient, ref: { containerId: string; execId?: string }, which: 'stdout' | 'stderr' = 'stdout'): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for (;;) {
-    const r = which === 'stdout' ? await c.readStdout(ref) : await c.readStderr(ref);
-    if (r.eof) return Buffer.concat(parts);
-    parts.push(r.data);
-  }
-}
-
-async function expectCode(p: Promise<unknown>, code: Code, match?: RegExp): Promise<StatusError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof StatusError, `expected a StatusError, got ${String(err)}`);
-    assert.equal(Code[err.code], Code[code], `wrong code: ${err.message}`);
-    if (match) assert.match(err.message, match);
-    return err;
-  }
-  assert.fail(`expected ${Code[code]}, got success`);
 }
 
 /** Creates and starts a container; returns its pid. */
@@ -315,14 +296,7 @@ test('agent on the host: containers, exec, signals, stdio, terminal, pause, stat
     await expectCode(c.execProcess({ containerId: id, execId: 'x', process: { args: ['true'], cwd: '/' } }), Code.FAILED_PRECONDITION, /paused state/);
     // Drain what was written before the freeze, then nothing more comes.
     await sleep(200);
-    for (;;) {
-      try {
-        await c.readStdout({ containerId: id }, { timeoutMs: 300 });
-      } catch (err) {
-        assert.equal((err as StatusError).code, Code.DEADLINE_EXCEEDED);
-        break;
-      }
-    }
+    await drainStdout(c, { containerId: id }, 300);
     await expectCode(c.readStdout({ containerId: id }, { timeoutMs: 700 }), Code.DEADLINE_EXCEEDED);
     await c.resumeContainer({ containerId: id });
     assert.equal((await c.listContainers()).containers.find((x) => x.containerId === id)?.state, 'running');

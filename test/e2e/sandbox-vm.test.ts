@@ -23,11 +23,13 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentClient } from '../../src/agent-client/index.js';
-import { Code, StatusError } from '../../src/errors/index.js';
+import { Code } from '../../src/errors/index.js';
 import { createLogger, silentLogger } from '../../src/log/index.js';
 import { GUEST_SHARED_DIR, loadGuestImage, SandboxVm, type GuestImage } from '../../src/sandbox/index.js';
 import { cleanupFromState, isAlive, mountsUnder, virtiofsdLockFile, type VmState } from '../../src/vm/index.js';
 import { projectRoot, runtimeSpec, writeBusyboxRootfs, type OciSpec } from '../harness/busybox.js';
+import { drainStdout, readAll, type ProcessRef } from '../harness/agent.js';
+import { expectCode } from '../harness/status.js';
 
 const canRun = process.getuid?.() === 0 && existsSync('/usr/lib/qemu/virtiofsd') &&
   spawnSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' }).status === 0;
@@ -51,27 +53,9 @@ function guestImage(): GuestImage {
   return loadGuestImage(GUEST_DIR);
 }
 
-async function expectCode(p: Promise<unknown>, code: Code, match?: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof StatusError, `expected a StatusError, got ${String(err)}`);
-    assert.equal(Code[err.code], Code[code], `wrong code: ${err.message}`);
-    if (match) assert.match(err.message, match);
-    return;
-  }
-  assert.fail(`expected ${Code[code]}, got success`);
-}
-
-async function readAll(c: AgentClient, ref: { containerId: string; execId?: string }, which: 'stdout' | 'stderr' = 'stdout'): Promise<string> {
-  const parts: Buffer[] = [];
-  for (;;) {
-    const r = which === 'stdout'
-      ? await c.readStdout(ref, { timeoutMs: 60_000 })
-      : await c.readStderr(ref, { timeoutMs: 60_000 });
-    if (r.eof) return Buffer.concat(parts).toString();
-    parts.push(r.data);
-  }
+/** A process's whole stdout or stderr as text, each read bounded. */
+async function readText(c: AgentClient, ref: ProcessRef, which: 'stdout' | 'stderr' = 'stdout'): Promise<string> {
+  return (await readAll(c, ref, which, 60_000)).toString();
 }
 
 /** Waits (bounded) for a process's exit status. */
@@ -143,7 +127,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     const id = await newContainer('exit');
     const pid = await run(id, spec(['sh', '-c', 'echo to-stdout; echo to-stderr >&2; exit 3']));
     assert.ok(pid > 1);
-    const [out, err, status] = await Promise.all([readAll(c, { containerId: id }), readAll(c, { containerId: id }, 'stderr'), exitOf(c, id)]);
+    const [out, err, status] = await Promise.all([readText(c, { containerId: id }), readText(c, { containerId: id }, 'stderr'), exitOf(c, id)]);
     assert.equal(out, 'to-stdout\n');
     assert.equal(err, 'to-stderr\n');
     assert.equal(status, 3);
@@ -153,7 +137,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
   await t.test('/proc/version in a container is the guest kernel, not the host\'s', async (st) => {
     const id = await newContainer('kver');
     await run(id, spec(['cat', '/proc/version']));
-    const out = await readAll(c, { containerId: id });
+    const out = await readText(c, { containerId: id });
     assert.equal(await exitOf(c, id), 0);
     assert.ok(image.kernelRelease, 'manifest names the kernel release');
     assert.match(out, new RegExp(`^Linux version ${image.kernelRelease!.replace(/[.+]/g, '\\$&')} `));
@@ -169,7 +153,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     const e1 = await c.execProcess({ containerId: id, execId: 'e1', process: { args: ['sh', '-c', 'echo from-exec; echo exec-err >&2; exit 7'], cwd: '/', env: ['PATH=/bin'] } });
     assert.ok(e1.pid > 1);
     const [o1, r1, s1] = await Promise.all([
-      readAll(c, { containerId: id, execId: 'e1' }), readAll(c, { containerId: id, execId: 'e1' }, 'stderr'), exitOf(c, id, 'e1'),
+      readText(c, { containerId: id, execId: 'e1' }), readText(c, { containerId: id, execId: 'e1' }, 'stderr'), exitOf(c, id, 'e1'),
     ]);
     assert.deepEqual([o1, r1, s1], ['from-exec\n', 'exec-err\n', 7]);
 
@@ -189,14 +173,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     await c.pauseContainer({ containerId: id });
     assert.equal((await c.listContainers()).containers.find((x) => x.containerId === id)?.state, 'paused');
     await expectCode(c.pauseContainer({ containerId: id }), Code.FAILED_PRECONDITION, /paused state/);
-    for (;;) { // drain what was written before the freeze
-      try {
-        await c.readStdout({ containerId: id }, { timeoutMs: 500 });
-      } catch (err) {
-        assert.equal((err as StatusError).code, Code.DEADLINE_EXCEEDED);
-        break;
-      }
-    }
+    await drainStdout(c, { containerId: id }, 500); // what was written before the freeze
     await expectCode(c.readStdout({ containerId: id }, { timeoutMs: 1_000 }), Code.DEADLINE_EXCEEDED);
     await c.resumeContainer({ containerId: id });
     assert.equal((await c.listContainers()).containers.find((x) => x.containerId === id)?.state, 'running');
@@ -245,7 +222,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     }
     await c.ttyWinResize({ containerId: id, rows: 50, cols: 132 });
     await c.writeStdin({ containerId: id, data: Buffer.from('go\n') }, { timeoutMs: 30_000 });
-    out += await readAll(c, { containerId: id });
+    out += await readText(c, { containerId: id });
     assert.match(out, /24 80[\s\S]*50 132/);
     assert.equal(await exitOf(c, id), 4);
     await c.removeContainer({ containerId: id });
@@ -283,7 +260,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
       search('$(ls -d /guest/* /* | grep -vxE "/guest/(proc|sys|dev)|/(proc|sys|dev|guest)")'),
       'echo searched',
     ].join('\n')));
-    const [out, status] = await Promise.all([readAll(c, { containerId: id }), exitOf(c, id)]);
+    const [out, status] = await Promise.all([readText(c, { containerId: id }), exitOf(c, id)]);
     st.diagnostic(`search of the guest's / took ${Date.now() - started} ms`);
     assert.equal(status, 0);
     assert.match(out, /^share: visible$/m, 'the share itself is visible');
@@ -293,7 +270,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     writeFileSync(join(sb.sharedDir, 'planted.txt'), `${secret}\n`);
     const id2 = await newContainer('spy');
     await run(id2, spy(search('"$G"')));
-    assert.equal((await readAll(c, { containerId: id2 })).trim(), `FOUND: ${g}/planted.txt`);
+    assert.equal((await readText(c, { containerId: id2 })).trim(), `FOUND: ${g}/planted.txt`);
     assert.equal(await exitOf(c, id2), 0);
     await c.removeContainer({ containerId: id });
     await c.removeContainer({ containerId: id2 });
@@ -334,7 +311,7 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     await c.createSandbox({ sandboxId: 'sb-vm-e2e', sharedFs: { tag: 'kataShared', mountPoint: GUEST_SHARED_DIR } });
     const id = await newContainer('again');
     await run(id, spec(['cat', '/etc/hostname']));
-    assert.equal(await readAll(c, { containerId: id }), 'busybox\n');
+    assert.equal(await readText(c, { containerId: id }), 'busybox\n');
     assert.equal(await exitOf(c, id), 0);
   });
 

@@ -17,6 +17,7 @@ import { after, before, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { Code, StatusError } from '../../src/errors/index.js';
+import { projectRoot } from '../harness/busybox.js';
 import { silentLogger } from '../../src/log/index.js';
 import {
   BootVmProvider,
@@ -39,15 +40,6 @@ import {
 
 const BOOT_MS = 60_000;
 
-function projectRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(d, 'package.json'))) {
-    const up = dirname(d);
-    if (up === d) throw new Error('no package.json above the test');
-    d = up;
-  }
-  return d;
-}
 
 /** LZ4 legacy frame (what Debian's bzImage carries) → bytes. */
 function lz4LegacyDecode(src: Buffer): Buffer {

@@ -10,9 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TtrpcClient, TtrpcServer, unary, FrameDecoder, MessageType, encodeFrame, MESSAGE_LENGTH_MAX } from '../../src/ttrpc/index.js';
-import { Code, NotFoundError, StatusError } from '../../src/errors/index.js';
+import { Code, NotFoundError } from '../../src/errors/index.js';
 import { ttrpc } from '../../src/proto/gen/ttrpc.js';
 import { decodeResponse, encodeRequest } from '../../src/ttrpc/messages.js';
+import { expectCode } from '../harness/status.js';
 
 const KV = ttrpc.KeyValue;
 const SVC = 'test.v1.Echo';
@@ -65,15 +66,6 @@ async function client(t: import('node:test').TestContext, path: string): Promise
 
 function echo(c: TtrpcClient, method: string, key: string, value: string, opts = {}) {
   return c.request(SVC, method, KV, KV, { key, value }, opts);
-}
-
-async function rejectsWith(p: Promise<unknown>, code: Code, msg?: RegExp) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof StatusError, `not a StatusError: ${err}`);
-    assert.equal(Code[err.code], Code[code], err.message);
-    if (msg) assert.match(err.message, msg);
-    return true;
-  });
 }
 
 /** A raw connection that writes hand-made frames and collects responses by stream id. */
@@ -143,17 +135,17 @@ test('many concurrent calls on one connection complete in any order', async (t) 
 test('unknown service and unknown method answer UNIMPLEMENTED', async (t) => {
   const f = await fixture(t);
   const c = await client(t, f.path);
-  await rejectsWith(c.call('no.such.Service', 'Echo', new Uint8Array()), Code.UNIMPLEMENTED, /service no.such.Service/);
-  await rejectsWith(c.call(SVC, 'NoSuchMethod', new Uint8Array()), Code.UNIMPLEMENTED, /method NoSuchMethod/);
-  await rejectsWith(c.call(SVC, 'constructor', new Uint8Array()), Code.UNIMPLEMENTED);
+  await expectCode(c.call('no.such.Service', 'Echo', new Uint8Array()), Code.UNIMPLEMENTED, /service no.such.Service/);
+  await expectCode(c.call(SVC, 'NoSuchMethod', new Uint8Array()), Code.UNIMPLEMENTED, /method NoSuchMethod/);
+  await expectCode(c.call(SVC, 'constructor', new Uint8Array()), Code.UNIMPLEMENTED);
   assert.equal((await echo(c, 'Echo', 'still', 'alive')).key, 'still');
 });
 
 test('a handler error becomes INTERNAL; a carried status is kept', async (t) => {
   const f = await fixture(t);
   const c = await client(t, f.path);
-  await rejectsWith(c.call(SVC, 'Throw', new Uint8Array()), Code.INTERNAL, /boom/);
-  await rejectsWith(c.call(SVC, 'NotFound', new Uint8Array()), Code.NOT_FOUND, /container c1 not found/);
+  await expectCode(c.call(SVC, 'Throw', new Uint8Array()), Code.INTERNAL, /boom/);
+  await expectCode(c.call(SVC, 'NotFound', new Uint8Array()), Code.NOT_FOUND, /container c1 not found/);
   assert.equal((await echo(c, 'Echo', 'x', 'y')).key, 'x');
 });
 
@@ -178,8 +170,8 @@ test('an oversized request frame gets RESOURCE_EXHAUSTED and the connection surv
 test('an oversized request or response is refused without sending it', async (t) => {
   const f = await fixture(t);
   const c = await client(t, f.path);
-  await rejectsWith(c.call(SVC, 'Echo', Buffer.alloc(MESSAGE_LENGTH_MAX)), Code.RESOURCE_EXHAUSTED);
-  await rejectsWith(c.call(SVC, 'Big', new Uint8Array()), Code.RESOURCE_EXHAUSTED);
+  await expectCode(c.call(SVC, 'Echo', Buffer.alloc(MESSAGE_LENGTH_MAX)), Code.RESOURCE_EXHAUSTED);
+  await expectCode(c.call(SVC, 'Big', new Uint8Array()), Code.RESOURCE_EXHAUSTED);
   assert.equal((await echo(c, 'Echo', 'x', 'y')).key, 'x');
 });
 
@@ -245,12 +237,12 @@ test('timeout_nano is enforced by the server: DEADLINE_EXCEEDED and the handler 
 test('a client timeout fails with DEADLINE_EXCEEDED; an AbortSignal with CANCELLED', async (t) => {
   const f = await fixture(t);
   const c = await client(t, f.path);
-  await rejectsWith(echo(c, 'Sleep', 'a', '5000', { timeoutMs: 50 }), Code.DEADLINE_EXCEEDED);
+  await expectCode(echo(c, 'Sleep', 'a', '5000', { timeoutMs: 50 }), Code.DEADLINE_EXCEEDED);
   const ac = new AbortController();
   const p = echo(c, 'Sleep', 'a', '5000', { signal: ac.signal });
   setTimeout(() => ac.abort(), 20);
-  await rejectsWith(p, Code.CANCELLED);
-  await rejectsWith(echo(c, 'Echo', 'a', 'b', { signal: AbortSignal.abort() }), Code.CANCELLED);
+  await expectCode(p, Code.CANCELLED);
+  await expectCode(echo(c, 'Echo', 'a', 'b', { signal: AbortSignal.abort() }), Code.CANCELLED);
   assert.equal((await echo(c, 'Echo', 'a', 'b')).value, 'b');
 });
 
@@ -267,14 +259,14 @@ test('calls on a dropped connection fail with UNAVAILABLE instead of hanging', a
   const p2 = echo(c, 'Sleep', 'a', '100');
   await sleep(20);
   for (const s of conns) s.destroy();
-  await rejectsWith(p1, Code.UNAVAILABLE);
-  await rejectsWith(p2, Code.UNAVAILABLE);
+  await expectCode(p1, Code.UNAVAILABLE);
+  await expectCode(p2, Code.UNAVAILABLE);
   await c.closed;
-  await rejectsWith(echo(c, 'Echo', 'a', 'b'), Code.UNAVAILABLE);
+  await expectCode(echo(c, 'Echo', 'a', 'b'), Code.UNAVAILABLE);
 });
 
 test('connecting to a missing socket fails with UNAVAILABLE', async () => {
-  await rejectsWith(TtrpcClient.connect('/nonexistent/ttrpc.sock'), Code.UNAVAILABLE);
+  await expectCode(TtrpcClient.connect('/nonexistent/ttrpc.sock'), Code.UNAVAILABLE);
 });
 
 test('close() lets in-flight calls finish, then refuses new connections', async (t) => {
@@ -285,7 +277,7 @@ test('close() lets in-flight calls finish, then refuses new connections', async 
   await f.server.close();
   assert.equal((await p).key, 'late');
   await c.closed;
-  await rejectsWith(TtrpcClient.connect(f.path, { timeoutMs: 500 }), Code.UNAVAILABLE);
+  await expectCode(TtrpcClient.connect(f.path, { timeoutMs: 500 }), Code.UNAVAILABLE);
 });
 
 test('close() cuts calls that outlive the drain timeout', async (t) => {
@@ -294,6 +286,6 @@ test('close() cuts calls that outlive the drain timeout', async (t) => {
   const p = echo(c, 'Sleep', 'a', '10000');
   await sleep(10);
   await f.server.close();
-  await rejectsWith(p, Code.UNAVAILABLE);
+  await expectCode(p, Code.UNAVAILABLE);
   assert.equal(f.aborted.length, 1);
 });
