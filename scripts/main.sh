@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine. For now (foundation): start a
-# private containerd, drive the real containerd-shim-runc-v2 with this
-# project's ttrpc client, and forward an event into containerd.
+# The main job, end to end on this machine: install what is missing, start a
+# private containerd with runtime io.containerd.kata.v2, import a locally
+# built busybox image, run a container in its own VM and print its output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec node --test --test-reporter=spec dist/test/e2e/ttrpc-conformance.test.js
+exec node dist/tools/main-job.js

@@ -49,4 +49,14 @@ fi
 if [ -f scripts/build-guest.sh ]; then
   bash scripts/build-guest.sh
 fi
+# containerd looks the shim up on its PATH as containerd-shim-kata-v2
+# (runtime_type "io.containerd.kata.v2"): link this checkout's into
+# /usr/local/bin unless something else is installed there already.
+shim="$PWD/bin/containerd-shim-kata-v2"
+link=/usr/local/bin/containerd-shim-kata-v2
+if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$(readlink -f "$shim")" ] || [ -L "$link" ]; then
+  ln -sfn "$shim" "$link"
+else
+  log "not replacing $link (not ours); the tests use $shim directly"
+fi
 log "ready"

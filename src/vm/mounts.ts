@@ -62,16 +62,24 @@ export async function bindSelfShared(dir: string): Promise<void> {
 }
 
 /**
- * Unmounts `path` and everything under it (`umount -R`), falling back to a
- * lazy detach when it is busy. No-op when nothing is mounted there.
+ * Unmounts `path` and everything under it, whether or not `path` itself is
+ * a mount point: the mounts under it, last mounted first, each falling back
+ * to a lazy detach when busy. No-op when nothing is mounted there. Does
+ * not throw for mounts it could not remove: callers check mountsUnder().
  */
 export async function unmountTree(path: string): Promise<void> {
-  if (mountsUnder(path).length === 0) return;
-  try {
-    await run('umount', ['-R', path]);
-  } catch {
-    await run('umount', ['-R', '-l', path]);
+  // Several passes: stacked mounts, and mounts that propagation brought back.
+  for (let pass = 0; pass < 8; pass++) {
+    const mounts = mountsUnder(path).reverse();
+    if (mounts.length === 0) return;
+    for (const m of mounts) {
+      if (!mountsUnder(path).includes(m)) continue; // gone with an earlier one
+      try {
+        await run('umount', [m]);
+      } catch {
+        await run('umount', ['-l', m]).catch(() => {});
+      }
+    }
   }
-  // Several mounts stacked on the same point need several passes.
-  for (let i = 0; i < 8 && mountsUnder(path).length > 0; i++) await run('umount', ['-R', '-l', path]);
+  // What is left (if anything) the caller sees with mountsUnder().
 }

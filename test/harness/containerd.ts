@@ -13,6 +13,12 @@
 // runc root (`ctr run --runc-root`, CRI `options.Root`). stop() removes our own
 // entries there (socket files of our shims, runc/<our unique ns>), never
 // anything else.
+//
+// Our own shim (containerd-shim-kata-v2) keeps its per-pod state, sockets and
+// mounts under $KATA_TS_RUN_ROOT (default /run/kata-ts). The harness sets it
+// to <temp dir>/kata for containerd (and so for every shim it starts) unless
+// `env` overrides it, so stop() finds QEMU/virtiofsd through the dir on their
+// command lines and unmounts the pods' shared dirs.
 
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -58,7 +64,10 @@ export interface ContainerdOptions {
   snapshotter?: 'auto' | 'overlayfs' | 'native';
   /** containerd log level (default "info", or $KATA_TEST_CONTAINERD_LOG_LEVEL). */
   logLevel?: string;
-  /** Extra environment for containerd (and so for the shims it starts). */
+  /**
+   * Extra environment for containerd (and so for the shims it starts).
+   * KATA_TS_RUN_ROOT defaults to <temp dir>/kata (see kataRunRoot); give it here to override.
+   */
   env?: Record<string, string>;
   /** Raw TOML appended to config.toml (must not repeat a table written here). */
   extraConfig?: string;
@@ -125,6 +134,8 @@ export interface Containerd {
   readonly snapshotter: 'overlayfs' | 'native';
   /** A dir under `dir` suitable for `ctr run --runc-root`. */
   readonly runcRoot: string;
+  /** KATA_TS_RUN_ROOT as passed to containerd: <dir>/kata unless `env` gave another (not created by the harness). */
+  readonly kataRunRoot: string;
   /** containerd's pid, or undefined while it is not running. */
   readonly pid: number | undefined;
   /** Run `ctr --address A --namespace N …args`. Never throws for a non-zero exit. */
@@ -446,6 +457,7 @@ class Instance implements Containerd {
   readonly configPath: string;
   readonly logPath: string;
   readonly runcRoot: string;
+  readonly kataRunRoot: string;
   readonly namespace: string;
   readonly snapshotter: 'overlayfs' | 'native';
   private child: ChildProcess | undefined;
@@ -469,7 +481,9 @@ class Instance implements Containerd {
     this.namespace = namespace;
     this.snapshotter = snapshotter;
     this.startTimeoutMs = opts.startTimeoutMs ?? 20_000;
-    const env: NodeJS.ProcessEnv = { ...process.env, ...(opts.env ?? {}) };
+    // Hermetic by default: our shim's run root under the temp dir, whatever the caller's environment says.
+    const env: NodeJS.ProcessEnv = { ...process.env, KATA_TS_RUN_ROOT: join(l.dir, 'kata'), ...(opts.env ?? {}) };
+    this.kataRunRoot = env.KATA_TS_RUN_ROOT!;
     env.PATH = [...(opts.extraPath ?? []).map((p) => resolve(p)), env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'].join(':');
     delete env.CONTAINERD_ADDRESS;
     delete env.CONTAINERD_NAMESPACE;

@@ -1,0 +1,132 @@
+/**
+ * The serving shim: one process per pod. Listens on the pod's socket, serves
+ * containerd.task.v2.Task with the Pod, sends events to containerd, and ends
+ * on Shutdown (no container left) or SIGTERM, stopping the VM and removing
+ * the pod dir. It survives containerd: it ignores SIGHUP/SIGPIPE, and its
+ * events wait in the queue while containerd is away.
+ */
+import { existsSync, fstatSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createEventPublisher, EventQueue } from '../events/index.js';
+import type { Logger } from '../log/index.js';
+import { Pod, type PodSandbox, type SandboxFactory } from '../service/pod.js';
+import { TASK_SERVICE, taskServiceHandlers } from '../service/task-service.js';
+import { loadGuestImage, SandboxVm } from '../sandbox/index.js';
+import { TtrpcServer } from '../ttrpc/index.js';
+import { mountsUnder } from '../vm/index.js';
+import type { ShimFlags } from './flags.js';
+import { openShimLog } from './log.js';
+import { podPaths, runRoot } from './pod-paths.js';
+
+/** Bound on the whole shutdown (VM stop, IO, events flush). */
+const SHUTDOWN_TIMEOUT_MS = 30_000;
+/** Time given to queued events (e.g. the last /tasks/delete) to reach containerd on shutdown. */
+const EVENTS_FLUSH_TIMEOUT_MS = 3_000;
+/** The readiness pipe from `start`. */
+const READY_FD = 3;
+
+export function guestImageDir(env: NodeJS.ProcessEnv = process.env): string {
+  const d = env['KATA_TS_GUEST_DIR'];
+  if (d) return resolve(d);
+  // dist/src/shim/serve.js → the project root
+  return resolve(dirname(fileURLToPath(import.meta.url)), '../../../build/guest');
+}
+
+function tellStarter(msg: string): void {
+  try {
+    if (!fstatSync(READY_FD).isFIFO() && !fstatSync(READY_FD).isSocket()) return;
+    writeSync(READY_FD, msg);
+    closeSync(READY_FD);
+  } catch {
+    /* not started by `start` */
+  }
+}
+
+/** The SandboxVm as the Pod sees it. */
+function sandboxFactory(logger: Logger, dir: string): SandboxFactory {
+  return async ({ podId, signal }) => {
+    const image = loadGuestImage(guestImageDir());
+    const s = await SandboxVm.start({ sandboxId: podId, dir, image, logger, ...(signal ? { signal } : {}) });
+    const vm = s.vm;
+    const exited = new Promise<void>((r) => (vm.exitInfo ? r() : vm.once('exit', () => r())));
+    let stopped: (() => void) | undefined;
+    const stoppedP = new Promise<void>((r) => { stopped = r; });
+    const sb: PodSandbox = {
+      agent: s.agent,
+      vmPid: vm.pid ?? 0,
+      sharedDir: s.sharedDir,
+      guestSharedDir: s.guestSharedDir,
+      exited: Promise.race([exited, stoppedP]),
+      stop: () => s.stop().finally(() => stopped?.()),
+    };
+    return sb;
+  };
+}
+
+export async function serve(flags: ShimFlags): Promise<void> {
+  const bundle = process.cwd();
+  const logger = openShimLog(bundle, flags.debug);
+  const paths = podPaths(runRoot(), flags.address, flags.namespace, flags.id);
+  const log = logger.child({ pod: flags.id, namespace: flags.namespace });
+  process.on('SIGHUP', () => {});
+  process.on('SIGPIPE', () => {});
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
+
+  const queue = new EventQueue({
+    publisher: createEventPublisher({
+      ttrpcAddress: process.env['TTRPC_ADDRESS'],
+      publishBinary: flags.publishBinary,
+      containerdAddress: flags.address,
+      logger: log,
+    }),
+    namespace: flags.namespace,
+    logger: log,
+  });
+  const pod = new Pod({
+    podId: flags.id,
+    namespace: flags.namespace,
+    logger: log,
+    sandboxFactory: sandboxFactory(log, paths.dir),
+    events: { publish: (topic, typeName, value) => queue.publish(topic, { typeName, value }) },
+  });
+  const server = new TtrpcServer({ logger: log });
+
+  let ending: Promise<void> | undefined;
+  const shutdown = (why: string, code = 0): Promise<void> => {
+    ending ??= (async () => {
+      log.info({ why }, 'shim shutting down');
+      const hard = setTimeout(() => {
+        log.error('shutdown timed out');
+        process.exit(1);
+      }, SHUTDOWN_TIMEOUT_MS);
+      hard.unref();
+      await pod.close().catch((err: unknown) => log.error({ err }, 'closing the pod failed'));
+      const left = await queue.flush(EVENTS_FLUSH_TIMEOUT_MS);
+      if (left > 0) log.warn({ left }, 'events not delivered before exit');
+      await queue.close();
+      await server.close().catch(() => {});
+      rmSync(paths.socket, { force: true });
+      if (existsSync(paths.dir) && mountsUnder(paths.dir).length === 0) rmSync(paths.dir, { recursive: true, force: true });
+      log.info('shim exiting');
+      // Let pino write its last lines.
+      setTimeout(() => process.exit(code), 50);
+    })();
+    return ending;
+  };
+
+  server.register(TASK_SERVICE, taskServiceHandlers(pod, {
+    // After the answer is on its way: containerd does not mind the connection closing.
+    onShutdown: () => setImmediate(() => void shutdown('Shutdown with no container left')),
+  }, log));
+  try {
+    await server.listen(paths.socket);
+  } catch (err) {
+    tellStarter(`listen ${paths.socket}: ${(err as Error).message}\n`);
+    throw err;
+  }
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  log.info({ socket: paths.socket, bundle }, 'shim serving');
+  tellStarter('OK\n');
+}

@@ -1,0 +1,180 @@
+/**
+ * The Pod (the shim's service object) against a fake VM and agent: the
+ * state machine, status codes, the exits loop, Wait and the events — with
+ * real bind mounts of a temp bundle (the tests run as root).
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { AgentClient } from '../../src/agent-client/index.js';
+import { Code } from '../../src/errors/index.js';
+import { silentLogger } from '../../src/log/index.js';
+import { containerd } from '../../src/proto/gen/containerd.js';
+import { TaskStatus } from '../../src/service/container.js';
+import { Pod, type PodSandbox } from '../../src/service/pod.js';
+import { mountsUnder } from '../../src/vm/index.js';
+import { expectCode } from '../harness/status.js';
+
+interface Deferred<T> { promise: Promise<T>; resolve(v: T): void }
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => { resolve = r; });
+  return { promise, resolve };
+}
+
+class FakeAgent {
+  calls: string[] = [];
+  exits = new Map<string, Deferred<{ exitStatus: number; exitedAt: Date }>>();
+  created = new Map<string, Record<string, unknown>>();
+  isClosed = false;
+  private key(c: string, e = ''): string { return `${c}/${e}`; }
+  exitOf(c: string, e = ''): Deferred<{ exitStatus: number; exitedAt: Date }> {
+    const k = this.key(c, e);
+    if (!this.exits.has(k)) this.exits.set(k, deferred());
+    return this.exits.get(k)!;
+  }
+  async createContainer(r: { containerId: string; spec: Record<string, unknown> }) { this.calls.push(`create ${r.containerId}`); this.created.set(r.containerId, r.spec); }
+  async startContainer(r: { containerId: string }) { this.calls.push(`start ${r.containerId}`); return { pid: 1 }; }
+  async execProcess(r: { containerId: string; execId: string }) { this.calls.push(`exec ${r.containerId}/${r.execId}`); return { pid: 7 }; }
+  waitProcess(r: { containerId: string; execId?: string }, o: { signal?: AbortSignal }) {
+    const d = this.exitOf(r.containerId, r.execId);
+    return new Promise((res, rej) => {
+      d.promise.then(res);
+      o.signal?.addEventListener('abort', () => rej(new Error('aborted')));
+    });
+  }
+  async signalProcess(r: { containerId: string; execId: string; signal: number }) {
+    this.calls.push(`signal ${r.containerId}/${r.execId} ${r.signal}`);
+    this.exitOf(r.containerId, r.execId).resolve({ exitStatus: 128 + r.signal, exitedAt: new Date() });
+  }
+  async readStdout() { return { data: Buffer.alloc(0), eof: true }; }
+  async readStderr() { return { data: Buffer.alloc(0), eof: true }; }
+  async writeStdin() { return 0; }
+  async closeStdin() {}
+  async removeContainer(r: { containerId: string }) { this.calls.push(`remove ${r.containerId}`); }
+  async removeProcess(r: { containerId: string; execId: string }) { this.calls.push(`removeProcess ${r.containerId}/${r.execId}`); }
+  async pauseContainer() { this.calls.push('pause'); }
+  async resumeContainer() { this.calls.push('resume'); }
+  async listProcesses() { return [{ pid: 1, ppid: 0, cmd: 'sh', state: 'S' }, { pid: 7, ppid: 1, cmd: 'sleep', state: 'S' }]; }
+  getOOMEvent(o: { signal?: AbortSignal }) { return new Promise((_r, rej) => o.signal?.addEventListener('abort', () => rej(new Error('aborted')))); }
+}
+
+describe('Pod with a fake VM', () => {
+  let dir: string;
+  let bundle: string;
+  const events: Array<{ topic: string; type: string; value: Uint8Array }> = [];
+  const agent = new FakeAgent();
+  let stops = 0;
+  let boots = 0;
+  let pod: Pod;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'kata-pod-'));
+    bundle = join(dir, 'bundle');
+    mkdirSync(join(bundle, 'rootfs', 'bin'), { recursive: true });
+    writeFileSync(join(bundle, 'rootfs', 'bin', 'marker'), 'x');
+    writeFileSync(join(bundle, 'config.json'), JSON.stringify({ process: { args: ['sh'] }, root: { path: 'rootfs' }, linux: { namespaces: [{ type: 'network' }] } }));
+    mkdirSync(join(dir, 'shared'));
+    pod = new Pod({
+      podId: 'p1',
+      namespace: 'ns',
+      logger: silentLogger(),
+      events: { publish: async (topic, type, value) => { events.push({ topic, type, value }); } },
+      sandboxFactory: async () => {
+        boots++;
+        const sb: PodSandbox = {
+          agent: agent as unknown as AgentClient, vmPid: 4242, sharedDir: join(dir, 'shared'), guestSharedDir: '/run/shared',
+          exited: new Promise(() => {}), stop: async () => { stops++; },
+        };
+        return sb;
+      },
+    });
+  });
+  after(async () => {
+    await pod.close();
+    assert.deepEqual(mountsUnder(dir), []);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const io = { stdin: '', stdout: '', stderr: '', terminal: false };
+
+  it('refuses bad Create input with the right code, booting nothing', async () => {
+    await expectCode(pod.create({ id: '', bundle, rootfs: [], stdio: io, checkpoint: '' }), Code.INVALID_ARGUMENT, /id: must not be empty/);
+    await expectCode(pod.create({ id: 'c1', bundle: '', rootfs: [], stdio: io, checkpoint: '' }), Code.INVALID_ARGUMENT, /bundle: must be set/);
+    await expectCode(pod.create({ id: 'c1', bundle: join(dir, 'nope'), rootfs: [], stdio: io, checkpoint: '' }), Code.NOT_FOUND, /bundle .*nope.*not found/);
+    await expectCode(pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '/cp' }), Code.UNIMPLEMENTED, /checkpoint/);
+    await expectCode(pod.create({ id: 'c1', bundle, rootfs: [], stdio: { ...io, stdout: 'tcp://x' }, checkpoint: '' }), Code.INVALID_ARGUMENT, /stdout/);
+    assert.equal(boots, 0);
+    assert.equal(pod.isEmpty, true);
+  });
+
+  it('create → start → kill → wait → delete, with exact statuses and events in order', async () => {
+    assert.equal(await pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '' }), 4242);
+    assert.ok(existsSync(join(dir, 'shared', 'c1', 'rootfs', 'bin', 'marker')), 'the bundle rootfs is bound into the shared dir');
+    const spec = agent.created.get('c1')!;
+    assert.equal((spec['root'] as Record<string, unknown>)['path'], '/run/shared/c1/rootfs');
+    await expectCode(pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '' }), Code.ALREADY_EXISTS);
+    assert.equal(pod.state('c1', '').status, TaskStatus.CREATED);
+    await expectCode(pod.exec({ id: 'c1', execId: 'e1', stdio: io, spec: undefined }), Code.FAILED_PRECONDITION, /created/);
+
+    assert.equal(await pod.start('c1', ''), 4242);
+    await expectCode(pod.start('c1', ''), Code.FAILED_PRECONDITION, /cannot start/);
+    assert.equal(pod.state('c1', '').status, TaskStatus.RUNNING);
+    assert.deepEqual(await pod.pids('c1'), [1, 7]);
+
+    await pod.pause('c1');
+    assert.equal(pod.state('c1', '').status, TaskStatus.PAUSED);
+    await expectCode(pod.pause('c1'), Code.FAILED_PRECONDITION);
+    await pod.resume('c1');
+    await expectCode(pod.resume('c1'), Code.FAILED_PRECONDITION);
+
+    const spec1 = { typeUrl: 'types.containerd.io/opencontainers/runtime-spec/1/Process', value: Buffer.from(JSON.stringify({ args: ['true'], cwd: '/' })) };
+    await pod.exec({ id: 'c1', execId: 'e1', stdio: io, spec: spec1 });
+    await expectCode(pod.exec({ id: 'c1', execId: 'e1', stdio: io, spec: spec1 }), Code.ALREADY_EXISTS);
+    await expectCode(pod.exec({ id: 'c1', execId: 'e2', stdio: io, spec: { typeUrl: spec1.typeUrl, value: Buffer.from('{') } }), Code.INVALID_ARGUMENT, /spec/);
+    await pod.start('c1', 'e1');
+    const execWait = pod.wait('c1', 'e1');
+    await pod.kill('c1', 'e1', 15, false);
+    assert.equal((await execWait).status, 143);
+    await expectCode(pod.kill('c1', 'e1', 9, false), Code.NOT_FOUND, /already finished/);
+    const d = await pod.delete('c1', 'e1');
+    assert.equal(d.exitStatus, 143);
+    assert.throws(() => pod.state('c1', 'e1'), (e: { code?: Code }) => e.code === Code.NOT_FOUND);
+
+    await expectCode(pod.delete('c1', ''), Code.FAILED_PRECONDITION, /running/);
+    await expectCode(pod.kill('c1', '', 0, false), Code.INVALID_ARGUMENT, /signal/);
+    const w = pod.wait('c1', '');
+    await pod.kill('c1', '', 9, false);
+    const e = await w;
+    assert.equal(e.status, 137);
+    assert.deepEqual(await pod.wait('c1', ''), e, 'a Wait after the exit answers at once, the same');
+    assert.equal(pod.state('c1', '').status, TaskStatus.STOPPED);
+    const del = await pod.delete('c1', '');
+    assert.equal(del.exitStatus, 137);
+    assert.deepEqual(mountsUnder(join(dir, 'shared')), []);
+    assert.ok(!existsSync(join(dir, 'shared', 'c1')));
+    assert.throws(() => pod.state('c1', ''), (err: { code?: Code }) => err.code === Code.NOT_FOUND);
+    assert.equal(pod.isEmpty, true);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(stops, 1, 'the last Delete stops the VM');
+
+    const topics = events.map((x) => x.topic);
+    assert.deepEqual(topics, ['/tasks/create', '/tasks/start', '/tasks/paused', '/tasks/resumed', '/tasks/exec-added',
+      '/tasks/exec-started', '/tasks/exit', '/tasks/exit', '/tasks/delete']);
+    const exits = events.filter((x) => x.topic === '/tasks/exit').map((x) => containerd.events.TaskExit.decode(x.value));
+    assert.deepEqual(exits.map((x) => [x.containerId, x.id, x.exitStatus, x.pid]), [['c1', 'e1', 143, 4242], ['c1', 'c1', 137, 4242]]);
+    assert.ok(events.every((x) => x.type.startsWith('containerd.events.Task')));
+  });
+
+  it('unknown ids are NOT_FOUND everywhere', async () => {
+    assert.throws(() => pod.state('nope', ''), (e: { code?: Code }) => e.code === Code.NOT_FOUND);
+    await expectCode(pod.start('nope', ''), Code.NOT_FOUND);
+    await expectCode(pod.delete('nope', ''), Code.NOT_FOUND);
+    await expectCode(pod.kill('nope', '', 9, false), Code.NOT_FOUND);
+    await expectCode(pod.wait('nope', ''), Code.NOT_FOUND);
+    await expectCode(pod.pause('nope'), Code.NOT_FOUND);
+    await expectCode(pod.stats('nope'), Code.NOT_FOUND);
+  });
+});
