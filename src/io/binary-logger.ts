@@ -47,6 +47,9 @@ export class BinaryLogger {
     const [, , , out, err] = child.stdio as (net.Socket | null)[];
     this.stdout = new SocketSink(out!, `stdout logging binary ${target.path}`, log);
     this.stderr = new SocketSink(err!, `stderr logging binary ${target.path}`, log);
+    child.once('exit', (code, signal) => {
+      if (!this.stopping) log.warn({ pid: child.pid, binary: target.path, code, signal }, 'logging binary exited early');
+    });
   }
 
   /** Starts the binary and waits until it is ready. Leaves nothing behind on failure. */
@@ -68,6 +71,10 @@ export class BinaryLogger {
     } catch (err) {
       throw fsError('stdout', what, err);
     }
+    // A later 'error' (a failed kill) must never go unhandled.
+    child.on('error', (err) => {
+      if (child.pid !== undefined) opts.logger.warn({ err, binary: target.path }, 'logging binary error');
+    });
     const sockets = (child.stdio as (net.Socket | null)[]).filter((s): s is net.Socket => s !== null);
     for (const s of sockets) s.on('error', () => {}); // the sinks log write errors; fd 5 errors mean "ready"
     const log = opts.logger;

@@ -75,16 +75,29 @@ export async function copyOutput(o: CopyOutputOptions): Promise<void> {
   }
 }
 
+/** CloseIO: how long the FIFO may stay silent before we stop forwarding it. */
+export const STDIN_DRAIN_IDLE_MS = 100;
+
 /**
- * stdin: the FIFO's socket → writeStdin. EOF of the FIFO, a write error or
- * closeStdin() (containerd's CloseIO) stop reading; the process's stdin is
- * closed once (streams.closeStdin) and the FIFO fd released.
+ * stdin: the FIFO's socket → writeStdin, one write in flight at a time.
+ *
+ * FIFO EOF or a write error end the copy and close the process's stdin once
+ * (streams.closeStdin), as the runc shim does. closeStdin() (containerd's
+ * CloseIO) first forwards what the FIFO still holds: clients close their
+ * writer and call CloseIO at once (CRI's stdinOnce), or call CloseIO just
+ * before closing it (nerdctl), so stopping at once would drop their last
+ * bytes. It forwards until EOF, or until the FIFO stays silent for
+ * STDIN_DRAIN_IDLE_MS, and at most for the grace period (then the write in
+ * flight is aborted); then it closes the process's stdin and the FIFO.
  */
 export class StdinCopy {
-  /** Stops reading the FIFO (closeStdin or close). */
+  /** Hard stop: grace period over, or destroy(). Aborts the wait for data. */
   private readonly stop = new AbortController();
-  /** Aborts the write in flight (close, or closeStdin after its grace period). */
+  /** Aborts the write in flight (with `stop`). */
   private readonly writeAbort = new AbortController();
+  /** CloseIO: switch to draining (wait for data only while it keeps coming). */
+  private readonly drain = new AbortController();
+  private readonly stopOrDrain = AbortSignal.any([this.stop.signal, this.drain.signal]);
   private streams: ProcessStreams | undefined;
   private loop: Promise<void> = Promise.resolve();
   private closing: Promise<Error | undefined> | undefined;
@@ -110,9 +123,9 @@ export class StdinCopy {
   }
 
   /**
-   * CloseIO: stops reading the FIFO, lets the write in flight finish (at
-   * most the grace period, then aborts it), closes the process's stdin once
-   * and releases the FIFO. Idempotent; rejects with streams.closeStdin's error.
+   * CloseIO: forwards what the FIFO still holds (see the class comment),
+   * closes the process's stdin once and releases the FIFO. Idempotent;
+   * rejects only with streams.closeStdin's error.
    */
   async closeStdin(): Promise<void> {
     this.closing ??= this.doClose();
@@ -131,13 +144,18 @@ export class StdinCopy {
   }
 
   private async doClose(): Promise<Error | undefined> {
-    this.stop.abort();
-    const timer = setTimeout(() => this.writeAbort.abort(), this.graceMs);
+    this.drain.abort();
+    const timer = setTimeout(() => {
+      this.log.warn({ stream: 'stdin' }, `CloseIO: stdin still busy after ${this.graceMs} ms, cutting it`);
+      this.stop.abort();
+      this.writeAbort.abort();
+    }, this.graceMs);
     try {
       await this.loop;
     } finally {
       clearTimeout(timer);
     }
+    this.stop.abort();
     this.source.destroy();
     await this.sourceClosed;
     return this.streams ? this.closeProcessStdin() : undefined;
@@ -156,16 +174,32 @@ export class StdinCopy {
     }
   }
 
+  /** The next chunk; while draining, 'abort' after STDIN_DRAIN_IDLE_MS of silence. */
+  private async next(): Promise<Buffer | 'end' | 'abort'> {
+    for (;;) {
+      if (!this.drain.signal.aborted) {
+        const r = await nextChunk(this.source, this.stopOrDrain);
+        if (r === 'abort' && !this.stop.signal.aborted) continue; // CloseIO came: drain
+        return r;
+      }
+      const idle = new AbortController();
+      const timer = setTimeout(() => idle.abort(), STDIN_DRAIN_IDLE_MS);
+      try {
+        return await nextChunk(this.source, AbortSignal.any([this.stop.signal, idle.signal]));
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  }
+
   private async run(streams: ProcessStreams): Promise<void> {
     let bytes = 0;
-    let ended = false;
+    let ownEnd = false; // EOF or write error (not CloseIO nor close())
     try {
       for (;;) {
-        const chunk = await nextChunk(this.source, this.stop.signal);
-        if (chunk === null) {
-          ended = !this.stop.signal.aborted;
-          break;
-        }
+        const chunk = await this.next();
+        if (chunk === 'end') ownEnd = true;
+        if (typeof chunk === 'string') break;
         let off = 0;
         while (off < chunk.length) {
           const n = await streams.writeStdin(off === 0 ? chunk : chunk.subarray(off), this.writeAbort.signal);
@@ -173,36 +207,36 @@ export class StdinCopy {
           off += n;
         }
         bytes += chunk.length;
-        if (this.stop.signal.aborted) break;
       }
     } catch (err) {
-      ended = !this.writeAbort.signal.aborted;
-      if (ended) this.log.warn({ err, stream: 'stdin', bytes }, 'stdin copy ended by an error');
+      ownEnd = !this.writeAbort.signal.aborted;
+      if (ownEnd) this.log.warn({ err, stream: 'stdin', bytes }, 'stdin copy ended by an error');
     }
-    this.log.debug({ stream: 'stdin', bytes, eof: ended }, 'stdin copy stopped');
-    // FIFO EOF or a write error: close the process's stdin, as the runc shim does.
-    if (ended) void this.closeStdin().catch(() => {});
+    this.log.debug({ stream: 'stdin', bytes }, 'stdin copy stopped');
+    // Not awaited: closeStdin() awaits this loop.
+    if (ownEnd) void this.closeStdin().catch(() => {});
   }
 }
 
-/** The next chunk of `s`, or null at its end, on error, or when `signal` fires. */
-function nextChunk(s: net.Socket, signal: AbortSignal): Promise<Buffer | null> {
-  if (signal.aborted) return Promise.resolve(null);
+/** The next chunk of `s`; 'end' at its end or on error; 'abort' when `signal` fires. */
+function nextChunk(s: net.Socket, signal: AbortSignal): Promise<Buffer | 'end' | 'abort'> {
+  if (signal.aborted) return Promise.resolve('abort');
   const first = s.read() as Buffer | null;
   if (first !== null) return Promise.resolve(first);
-  if (s.readableEnded || s.destroyed) return Promise.resolve(null);
+  if (s.readableEnded || s.destroyed) return Promise.resolve('end');
   return new Promise((resolve) => {
-    const finish = (v: Buffer | null): void => {
+    const finish = (v: Buffer | 'end' | 'abort'): void => {
       s.off('readable', onReadable).off('end', onEnd).off('close', onEnd);
-      signal.removeEventListener('abort', onEnd);
+      signal.removeEventListener('abort', onAbort);
       resolve(v);
     };
     const onReadable = (): void => {
       const c = s.read() as Buffer | null;
       if (c !== null) finish(c);
     };
-    const onEnd = (): void => finish(null);
+    const onEnd = (): void => finish('end');
+    const onAbort = (): void => finish('abort');
     s.on('readable', onReadable).on('end', onEnd).on('close', onEnd);
-    signal.addEventListener('abort', onEnd, { once: true });
+    signal.addEventListener('abort', onAbort, { once: true });
   });
 }

@@ -4,7 +4,7 @@
  * (ProcessStreams) on the other. See process-io.ts for the lifecycle.
  */
 export { ProcessIo, DEFAULT_CLOSE_TIMEOUT_MS, DEFAULT_STDIN_CLOSE_GRACE_MS, type ProcessIoOptions } from './process-io.js';
-export { DEFAULT_READ_CHUNK, type ProcessStreams } from './copy.js';
+export { DEFAULT_READ_CHUNK, STDIN_DRAIN_IDLE_MS, type ProcessStreams } from './copy.js';
 export { DEFAULT_LOGGER_READY_TIMEOUT_MS } from './binary-logger.js';
 export {
   parseStdio, parseLogUri, binaryArgs,

@@ -17,7 +17,7 @@ import { parseStdio, type StdioConfig } from './stdio-config.js';
 
 /** close()'s default bound on waiting for a logging binary to exit. */
 export const DEFAULT_CLOSE_TIMEOUT_MS = 10_000;
-/** CloseIO lets a stdin write in flight finish for this long, then aborts it. */
+/** CloseIO forwards what stdin still brings for at most this long, then cuts it (aborting the write in flight). */
 export const DEFAULT_STDIN_CLOSE_GRACE_MS = 5_000;
 
 export interface ProcessIoOptions {
@@ -134,11 +134,12 @@ export class ProcessIo {
   }
 
   /**
-   * containerd's CloseIO: stop reading the stdin FIFO, let the write in
-   * flight finish, close the process's stdin (once) and the FIFO. Before
-   * start(), the process's stdin is closed as soon as start() is called.
-   * Idempotent; a no-op without stdin. Rejects only with the error of
-   * streams.closeStdin().
+   * containerd's CloseIO: forwards what the stdin FIFO still holds (until
+   * EOF, or until it stays silent for STDIN_DRAIN_IDLE_MS, at most the grace
+   * period), then closes the process's stdin (once) and the FIFO. Before
+   * start(), the FIFO is closed now and the process's stdin as soon as
+   * start() is called. Idempotent; a no-op without stdin. Rejects only with
+   * the error of streams.closeStdin().
    */
   async closeStdin(): Promise<void> {
     await this.res.stdin?.closeStdin();

@@ -1,0 +1,15 @@
+import fs from 'node:fs'; import net from 'node:net'; import { execFileSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+const dir = fs.mkdtempSync('/tmp/dbg/x-'); const out = dir + '/out'; execFileSync('mkfifo', [out]);
+const wfd = fs.openSync(out, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+const w = new net.Socket({ fd: wfd, readable: false, writable: true });
+w.write('hello');
+await sleep(50);
+console.log('opening reader');
+const fd = fs.openSync(out, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+const s = new net.Socket({ fd, readable: true, writable: false });
+s.on('data', d => console.log('data', d.toString())); s.on('end', () => console.log('end'));
+s.on('close', () => console.log('close'));
+await sleep(100);
+console.log('ending writer');
+w.end(() => { console.log('finish'); w.destroy(); });
