@@ -358,7 +358,8 @@ export class Pod {
     const p = new ShimProcess(req.id, req.execId, req.stdio, spec);
     c.execs.set(req.execId, p);
     try {
-      p.io = await ProcessIo.open(req.stdio, { containerId: req.id, namespace: this.opts.namespace, logger: this.log });
+      // A logging binary gets the exec id as CONTAINER_ID, as from containerd's runc shim.
+      p.io = await ProcessIo.open(req.stdio, { containerId: req.execId, namespace: this.opts.namespace, logger: this.log });
     } catch (err) {
       c.execs.delete(req.execId);
       throw err;
