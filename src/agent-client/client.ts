@@ -20,15 +20,15 @@ import { DeadlineExceededError, UnavailableError } from '../errors/index.js';
 import { TtrpcClient, type MessageCodec } from '../ttrpc/index.js';
 import { kata } from '../proto/gen/agent.js';
 import {
-  fromCheck, fromListContainers, fromProcesses, fromRead, fromStats, fromWait, jsonBytes, signalNumber,
-  toCreateContainer, toExecProcess,
+  fromCheck, fromInterface, fromListContainers, fromProcesses, fromRead, fromRoutes, fromStats, fromWait, jsonBytes, signalNumber,
+  toCreateContainer, toExecProcess, toInterface, toRoute,
 } from './convert.js';
 import { agentHandshake, DEFAULT_HANDSHAKE_TIMEOUT_MS } from './handshake.js';
 import type {
   AgentInfo, CallOptions, ContainerRef, ContainerStats, CreateContainerRequest, CreateSandboxRequest,
-  DestroySandboxRequest, ExecProcessRequest, ExitStatus, LongCallOptions, OomEvent, ProcessInfo, ProcessRef,
-  ReadResult, ReadStreamRequest, SandboxStatus, SignalProcessRequest, TtyWinResizeRequest, UpdateContainerRequest,
-  WriteStdinRequest,
+  DestroySandboxRequest, ExecProcessRequest, ExitStatus, InterfaceConfig, InterfaceStatus, LongCallOptions, OomEvent,
+  ProcessInfo, ProcessRef, ReadResult, ReadStreamRequest, RouteConfig, RouteStatus, SandboxStatus, SignalProcessRequest,
+  TtyWinResizeRequest, UpdateContainerRequest, WriteStdinRequest,
 } from './types.js';
 
 const pb = kata.agent.v1;
@@ -239,6 +239,36 @@ export class AgentClient {
   async getOOMEvent(opts?: LongCallOptions): Promise<OomEvent> {
     const r = await this.long('GetOOMEvent', pb.GetOOMEventRequest, pb.OOMEvent, {}, opts);
     return { containerId: r.containerId };
+  }
+
+  /**
+   * Configures the guest NIC found by `hwAddr` (NOT_FOUND when no NIC has
+   * it) or `name`: name, MTU, exactly these addresses, up (default); brings
+   * `lo` up. Bad input: INVALID_ARGUMENT naming the field. Answers with the
+   * interface as it now is.
+   */
+  async updateInterface(cfg: InterfaceConfig, opts?: CallOptions): Promise<InterfaceStatus> {
+    return fromInterface(await this.short('UpdateInterface', pb.Interface, pb.Interface, toInterface(cfg), opts));
+  }
+
+  /**
+   * Adds or replaces these routes (link routes first) and deletes those an
+   * earlier call added that are not listed; the kernel's routes stay.
+   * Answers with every route of the guest's main table.
+   */
+  async updateRoutes(routes: readonly RouteConfig[], opts?: CallOptions): Promise<RouteStatus[]> {
+    return fromRoutes(await this.short('UpdateRoutes', pb.Routes, pb.Routes, { routes: routes.map(toRoute) }, opts));
+  }
+
+  /** Every guest interface but lo. */
+  async listInterfaces(opts?: CallOptions): Promise<InterfaceStatus[]> {
+    const r = await this.short('ListInterfaces', pb.ListInterfacesRequest, pb.Interfaces, {}, opts);
+    return r.interfaces.map(fromInterface);
+  }
+
+  /** Every route of the guest's main table (IPv4, then IPv6). */
+  async listRoutes(opts?: CallOptions): Promise<RouteStatus[]> {
+    return fromRoutes(await this.short('ListRoutes', pb.ListRoutesRequest, pb.Routes, {}, opts));
   }
 
   private short<Req, Res>(method: string, reqType: MessageCodec<unknown, Req>, resType: MessageCodec<Res, unknown>,

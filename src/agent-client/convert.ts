@@ -8,7 +8,7 @@ import { InvalidArgumentError } from '../errors/index.js';
 import { int64ToNumber } from '../ttrpc/messages.js';
 import type {
   AgentInfo, ContainerStateName, ContainerStats, ContainerStatus, CreateContainerRequest, ExecProcessRequest,
-  ExitStatus, OciJson, ProcessInfo, ReadResult, SandboxStatus,
+  ExitStatus, InterfaceConfig, InterfaceStatus, OciJson, ProcessInfo, ReadResult, RouteConfig, RouteStatus, SandboxStatus,
 } from './types.js';
 
 type P = typeof kata.agent.v1;
@@ -113,4 +113,40 @@ export function fromListContainers(r: InstanceType<P['ListContainersResponse']>)
       })),
     })),
   };
+}
+
+export function toInterface(c: InterfaceConfig): kata.agent.v1.Interface.$Properties {
+  return {
+    name: c.name ?? '',
+    hwAddr: c.hwAddr ?? '',
+    addresses: [...c.addresses],
+    mtu: c.mtu ?? 0,
+    up: c.up ?? true,
+  };
+}
+
+export function fromInterface(r: kata.agent.v1.IInterface): InterfaceStatus {
+  return { name: r.name ?? '', hwAddr: r.hwAddr ?? '', addresses: [...(r.addresses ?? [])], mtu: r.mtu ?? 0, up: r.up ?? false };
+}
+
+export function toRoute(c: RouteConfig): kata.agent.v1.Route.$Properties {
+  return {
+    dest: c.dest ?? 'default',
+    gateway: c.gateway ?? '',
+    device: c.device ?? '',
+    source: c.source ?? '',
+    scope: c.scope ?? '',
+    metric: c.metric ?? 0,
+  };
+}
+
+export function fromRoutes(r: InstanceType<P['Routes']>): RouteStatus[] {
+  return r.routes.map((x) => ({
+    dest: x.dest ?? '',
+    gateway: x.gateway ?? '',
+    device: x.device ?? '',
+    source: x.source ?? '',
+    scope: x.scope ?? '',
+    metric: x.metric ?? 0,
+  }));
 }

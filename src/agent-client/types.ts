@@ -173,3 +173,54 @@ export interface SandboxStatus {
 export interface OomEvent {
   containerId: string;
 }
+
+/**
+ * The guest NIC to configure (UpdateInterface). Found by `hwAddr` (the MAC
+ * the host gave the virtio-net device), else by `name`.
+ */
+export interface InterfaceConfig {
+  /** The guest name; renames the NIC found by `hwAddr` when it differs. */
+  name?: string;
+  /** aa:bb:cc:dd:ee:ff */
+  hwAddr?: string;
+  /** CIDR, IPv4 and IPv6 ("10.88.0.2/24"): the interface's global addresses become exactly these. */
+  addresses: string[];
+  /** Omitted: unchanged. */
+  mtu?: number;
+  /** Default true. */
+  up?: boolean;
+}
+
+/** An interface as the guest has it. */
+export interface InterfaceStatus {
+  name: string;
+  hwAddr: string;
+  /** Global addresses, CIDR, IPv4 first. */
+  addresses: string[];
+  mtu: number;
+  up: boolean;
+}
+
+/** A route (UpdateRoutes / ListRoutes). */
+export interface RouteConfig {
+  /** "default" or CIDR ("10.96.0.0/12"); a bare address is a host route. Default "default". */
+  dest?: string;
+  gateway?: string;
+  device?: string;
+  /** Preferred source address. */
+  source?: string;
+  /** "global" | "link" | "host" | "site" (default: the kernel's choice). */
+  scope?: string;
+  /** 0 / omitted: the kernel default. */
+  metric?: number;
+}
+
+/** A route as the guest has it ("" for what it lacks). */
+export interface RouteStatus {
+  dest: string;
+  gateway: string;
+  device: string;
+  source: string;
+  scope: string;
+  metric: number;
+}

@@ -15,6 +15,7 @@ import { AGENT_VERSION } from './version.js';
 import { checkContainerId, checkExecId, checkOciProcess, checkSignal, checkWinSize, parseJsonObject } from './validate.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import { checkSharedFs } from './shared-fs.js';
+import { checkInterface, checkRoutes, Network } from './network.js';
 
 const pb = kata.agent.v1;
 
@@ -24,6 +25,8 @@ export interface ServiceDeps {
   logger: Logger;
   /** When the agent started (for Check's uptime). */
   startedAt?: number;
+  /** The guest's network (default: a real one, busybox `ip` from PATH). */
+  network?: Network;
 }
 
 function toTimestamp(d: Date | undefined): kata.agent.v1.Timestamp.$Properties | undefined {
@@ -43,6 +46,7 @@ function optionalSize(rows: number, cols: number): { rows?: number; cols?: numbe
 export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
   const { sandbox, runtime } = deps;
   const startedAt = deps.startedAt ?? Date.now();
+  const network = deps.network ?? new Network({ logger: deps.logger });
   const empty = () => Promise.resolve(pb.Empty.create());
   const processOf = (containerId: string, execId: string) =>
     sandbox.container(checkContainerId(containerId)).process(checkExecId(execId));
@@ -190,6 +194,28 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
 
     GetOOMEvent: unary(pb.GetOOMEventRequest, pb.OOMEvent, async (_req, ctx) => ({
       containerId: await sandbox.nextOomEvent(ctx.signal),
+    })),
+
+    UpdateInterface: unary(pb.Interface, pb.Interface, async (req) =>
+      network.updateInterface(checkInterface({ name: req.name, hwAddr: req.hwAddr, addresses: req.addresses, mtu: req.mtu, up: req.up }))),
+
+    UpdateRoutes: unary(pb.Routes, pb.Routes, async (req) => ({
+      routes: await network.updateRoutes(checkRoutes(req.routes.map((r) => ({
+        dest: r.dest ?? '',
+        gateway: r.gateway ?? '',
+        device: r.device ?? '',
+        source: r.source ?? '',
+        scope: r.scope ?? '',
+        metric: r.metric ?? 0,
+      })))),
+    })),
+
+    ListInterfaces: unary(pb.ListInterfacesRequest, pb.Interfaces, async () => ({
+      interfaces: await network.listInterfaces(),
+    })),
+
+    ListRoutes: unary(pb.ListRoutesRequest, pb.Routes, async () => ({
+      routes: await network.listRoutes(),
     })),
   };
 }

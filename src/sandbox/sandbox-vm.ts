@@ -22,6 +22,12 @@
  * (a KVM probe with the bare initrd; TCG here). Ready = AgentClient.connect
  * (the KATAAGENT1 handshake) + Check answered; that client is kept.
  *
+ * Networking (docs/network.md): with `netns` QEMU starts inside the pod's
+ * network namespace, and `network` gives the guest a virtio-net NIC on a tap
+ * there (src/network's attachTap makes it; the caller removes it after
+ * stop()). The guest NIC is configured afterwards through the agent
+ * (updateInterface / updateRoutes).
+ *
  * Nothing is removed through a mount: a directory is deleted only when
  * /proc/self/mountinfo shows nothing mounted under it.
  */
@@ -75,7 +81,24 @@ export interface SandboxVmOptions {
   signal?: AbortSignal;
   /** Call timeout of the kept AgentClient (its default otherwise). */
   agentCallTimeoutMs?: number;
+  /**
+   * The pod's network namespace (what CNI made, e.g. /var/run/netns/cni-…):
+   * QEMU runs in it (`nsenter --net=<netns>`), so it can open the pod's tap.
+   */
+  netns?: string;
+  /** The pod's NIC: a tap in `netns` (src/network attachTap) given to the guest as virtio-net. */
+  network?: SandboxNetwork;
 }
+
+/** The guest NIC: the host tap it is backed by, its MAC (the pod veth's), the MTU it advertises. */
+export interface SandboxNetwork {
+  tapName: string;
+  mac: string;
+  mtu?: number;
+}
+
+/** QEMU's netdev/device id of the pod's NIC. */
+export const POD_NIC_ID = 'net0';
 
 /** The kernel parameters that boot `image` into the agent. */
 export function agentKernelParams(image: GuestImage, extra: { kernelParams?: readonly string[]; agentArgs?: readonly string[] } = {}): string[] {
@@ -234,6 +257,16 @@ export class SandboxVm {
         resources: o.resources ?? DEFAULT_RESOURCES,
         sharedDir: this.sharedDir,
         logger: o.logger,
+        ...(o.netns !== undefined ? { netns: o.netns } : {}),
+        ...(o.network ? {
+          tapNets: [{
+            kind: 'tap-net' as const,
+            id: POD_NIC_ID,
+            ifname: o.network.tapName,
+            mac: o.network.mac,
+            ...(o.network.mtu !== undefined ? { mtu: o.network.mtu } : {}),
+          }],
+        } : {}),
         ...(o.signal ? { signal: o.signal } : {}),
       });
     } catch (err) {

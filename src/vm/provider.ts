@@ -11,7 +11,7 @@
  */
 import type { Logger } from '../log/index.js';
 import { chooseAccel, type AccelChoice, type AccelSetting, type KvmProbeOptions } from './accel.js';
-import type { BlockDeviceConfig } from './devices/index.js';
+import type { BlockDeviceConfig, TapNetConfig } from './devices/index.js';
 import type { MachineType } from './qemu-args.js';
 import { QemuVm, type AgentChannelOptions, type QemuTimeouts } from './qemu.js';
 import type { VirtiofsCache } from './virtiofsd.js';
@@ -30,6 +30,10 @@ export interface VmRequest {
   resources: VmResources;
   /** The host directory served to the guest over virtio-fs (and nothing else). */
   sharedDir: string;
+  /** The pod's network namespace: QEMU runs in it (see QemuVmOptions.netns). */
+  netns?: string;
+  /** The pod's NICs: taps that exist in `netns` (src/network's attachTap). */
+  tapNets?: readonly TapNetConfig[];
   logger: Logger;
   signal?: AbortSignal;
 }
@@ -104,6 +108,8 @@ export class BootVmProvider implements VmProvider {
       ...(o.kernelParams !== undefined ? { kernelParams: o.kernelParams } : {}),
       ...(o.agent !== undefined ? { agent: o.agent } : {}),
       ...(o.blockDevices !== undefined ? { blockDevices: o.blockDevices } : {}),
+      ...(req.tapNets !== undefined ? { tapNets: req.tapNets } : {}),
+      ...(req.netns !== undefined ? { netns: req.netns } : {}),
       ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}),
       ...(o.timeouts !== undefined ? { timeouts: o.timeouts } : {}),
     });

@@ -122,6 +122,17 @@ export interface QemuVmOptions extends MachineOptions {
   sharedFs?: SharedFsOptions;
   blockDevices?: readonly BlockDeviceConfig[];
   tapNets?: readonly TapNetConfig[];
+  /**
+   * A network namespace (a path such as /var/run/netns/cni-…) to run QEMU
+   * in, so that its tap devices are the pod's: QEMU is started as
+   * `nsenter --net=<netns> -- qemu-system-x86_64 …`. nsenter (util-linux)
+   * execs QEMU without forking when only --net is given, so the pid is
+   * QEMU's. The unix sockets (QMP, agent, virtiofsd) are not bound to a
+   * network namespace and work as without it.
+   */
+  netns?: string;
+  /** Default `nsenter` from PATH. */
+  nsenterBinary?: string;
   /** Default `qemu-system-x86_64` from PATH. */
   qemuBinary?: string;
   logger: Logger;
@@ -139,6 +150,18 @@ interface Plan {
   qemuConfig: QemuConfig;
   binary: string;
   sharedFs: SharedFsOptions | undefined;
+  netns: string | undefined;
+  nsenter: string;
+}
+
+/**
+ * The command that starts QEMU: QEMU itself, or — to run it in a network
+ * namespace — `nsenter --net=<netns> -- <qemu> <args>` (nsenter execs QEMU:
+ * same pid, same start time).
+ */
+export function qemuLaunchCommand(binary: string, args: readonly string[], netns?: string, nsenter = 'nsenter'): { command: string; args: string[] } {
+  if (netns === undefined) return { command: binary, args: [...args] };
+  return { command: nsenter, args: [`--net=${netns}`, '--', binary, ...args] };
 }
 
 function describeExit(e: VmExit): string {
@@ -196,6 +219,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     checkString(opts.sandboxId, 'sandboxId');
     if (!/^[A-Za-z0-9._-]{1,128}$/.test(opts.sandboxId)) throw invalid('sandboxId', `must be 1-128 letters, digits, '.', '_', '-'`);
     checkAbsPath(opts.dir, 'dir');
+    if (opts.netns !== undefined) checkAbsPath(opts.netns, 'netns');
+    if (opts.nsenterBinary !== undefined) checkString(opts.nsenterBinary, 'nsenterBinary');
     this.sandboxId = opts.sandboxId;
     this.log = opts.logger.child({ module: 'vm', sandbox: opts.sandboxId });
     this.timeouts = { ...DEFAULT_QEMU_TIMEOUTS, ...opts.timeouts };
@@ -236,7 +261,13 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       name: `sandbox-${opts.sandboxId.slice(0, 32)}`,
     };
     buildQemuArgs(qemuConfig); // validate now: a bad config fails before anything exists
-    this.plan = { qemuConfig, binary: opts.qemuBinary ?? QEMU_BINARY, sharedFs: opts.sharedFs };
+    this.plan = {
+      qemuConfig,
+      binary: opts.qemuBinary ?? QEMU_BINARY,
+      sharedFs: opts.sharedFs,
+      netns: opts.netns,
+      nsenter: opts.nsenterBinary ?? 'nsenter',
+    };
     this.st = {
       version: VM_STATE_VERSION,
       sandboxId: opts.sandboxId,
@@ -250,6 +281,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       qemuLog: f(VM_FILES.qemuLog),
       agent,
       mounts: [],
+      ...(opts.netns !== undefined ? { netns: opts.netns } : {}),
       createdAt: new Date().toISOString(),
     };
     this.phaseValue = 'created';
@@ -423,6 +455,9 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       for (const [field, path] of [['kernel', plan.qemuConfig.kernel], ['initrd', plan.qemuConfig.initrd]] as const) {
         if (path !== undefined && !isFile(path)) throw new InvalidArgumentError(`${field}: ${path}: no such file`);
       }
+      if (plan.netns !== undefined && !existsSync(plan.netns)) {
+        throw new FailedPreconditionError(`vm ${this.sandboxId}: netns: ${plan.netns}: no such network namespace`);
+      }
       this.prepareDir();
       if (plan.sharedFs) {
         const sf = plan.sharedFs;
@@ -494,13 +529,14 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
   }
 
   private spawnQemu(plan: Plan): void {
-    const args = buildQemuArgs(plan.qemuConfig);
+    const qemuArgs = buildQemuArgs(plan.qemuConfig);
+    const { command, args } = qemuLaunchCommand(plan.binary, qemuArgs, plan.netns, plan.nsenter);
     const logFd = openSync(this.st.qemuLog, 'a', 0o600);
     let child: ChildProcess;
     try {
       // detached: setsid(), so QEMU has its own session and process group
       // and outlives the shim; stdio to a file, never a pipe to us.
-      child = spawn(plan.binary, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+      child = spawn(command, args, { detached: true, stdio: ['ignore', logFd, logFd] });
     } finally {
       closeSync(logFd);
     }
@@ -510,7 +546,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     this.child = child;
     child.once('exit', (code, signal) => this.markExited(code, signal));
     child.once('error', (err) => {
-      this.log.error({ err, binary: plan.binary }, 'qemu spawn failed');
+      this.log.error({ err, binary: command }, 'qemu spawn failed');
       this.markExited(null, null, `spawn failed: ${err.message}`);
     });
     const id = child.pid === undefined ? undefined : identify(child.pid);
@@ -518,7 +554,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       this.st.qemu = { ...id, binary: plan.binary };
       writeStateFile(this.st);
     }
-    this.log.debug({ pid: child.pid, binary: plan.binary, args }, 'qemu spawned');
+    this.log.debug({ pid: child.pid, command, args }, 'qemu spawned');
   }
 
   private async connectQmp(signal: AbortSignal): Promise<QmpClient> {

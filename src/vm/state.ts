@@ -45,6 +45,8 @@ export interface VmState {
   agent: AgentEndpoint;
   /** Mount points the VM made (virtiofsd's self-bind of the shared dir). */
   mounts: string[];
+  /** The network namespace QEMU runs in (not the VM's to remove: whoever made it does). */
+  netns?: string;
   /** ISO time the record was first written. */
   createdAt: string;
 }
@@ -74,6 +76,7 @@ export function parseVmState(value: unknown): VmState {
   need(isStrArray(o['files']), 'files', 'must be an array of strings');
   need(isStrArray(o['mounts']), 'mounts', 'must be an array of strings');
   need(typeof o['agent'] === 'object' && o['agent'] !== null, 'agent', 'must be an object');
+  if (o['netns'] !== undefined) need(isStr(o['netns']), 'netns', 'must be a non-empty string');
   if (o['qemu'] !== undefined) {
     need(isIdentity(o['qemu']) && isStr((o['qemu'] as unknown as Record<string, unknown>)['binary']), 'qemu', 'must hold pid, startTime, binary');
   }

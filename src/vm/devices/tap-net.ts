@@ -3,7 +3,7 @@
  * layer creates the tap in the pod's netns and starts QEMU there). QEMU runs
  * no scripts.
  */
-import { checkQemuId, checkString, invalid } from '../validate.js';
+import { checkInt, checkQemuId, checkString, invalid } from '../validate.js';
 import { virtioDevice, type DeviceKind } from './types.js';
 
 export interface TapNetConfig {
@@ -16,6 +16,11 @@ export interface TapNetConfig {
   mac?: string;
   /** vhost-net acceleration (needs /dev/vhost-net). */
   vhost?: boolean;
+  /**
+   * The MTU the device advertises to the guest (virtio-net `host_mtu`, so
+   * the guest NIC starts with the pod's MTU); omitted: the guest's default.
+   */
+  mtu?: number;
 }
 
 export const tapNet: DeviceKind<TapNetConfig> = {
@@ -30,6 +35,7 @@ export const tapNet: DeviceKind<TapNetConfig> = {
     if (cfg.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(cfg.mac)) {
       throw invalid(`${field}.mac`, `must look like 52:54:00:12:34:56 (got ${JSON.stringify(cfg.mac)})`);
     }
+    if (cfg.mtu !== undefined) checkInt(cfg.mtu, `${field}.mtu`, 68, 65535);
   },
 
   ids: (cfg) => [cfg.id],
@@ -37,9 +43,10 @@ export const tapNet: DeviceKind<TapNetConfig> = {
   args(cfg, ctx) {
     const vhost = cfg.vhost ? ',vhost=on' : '';
     const mac = cfg.mac === undefined ? '' : `,mac=${cfg.mac.toLowerCase()}`;
+    const mtu = cfg.mtu === undefined ? '' : `,host_mtu=${cfg.mtu}`;
     return [
       '-netdev', `tap,id=${cfg.id},ifname=${cfg.ifname},script=no,downscript=no${vhost}`,
-      '-device', `${virtioDevice('virtio-net', ctx.machine)},netdev=${cfg.id}${mac}`,
+      '-device', `${virtioDevice('virtio-net', ctx.machine)},netdev=${cfg.id}${mac}${mtu}`,
     ];
   },
 
