@@ -7,9 +7,11 @@
  *   the pipe for the next reader, and when the pipe is full our writes wait
  *   (backpressure up to the agent and the container). This is what the runc
  *   shim does (it opens a reader next to its writer).
- * - stdin: O_RDONLY|O_NONBLOCK. Before any writer has come, Linux reports
- *   neither data nor HUP to epoll, so the read simply waits; EOF comes once
- *   a writer has come and gone.
+ * - stdin: O_RDWR|O_NONBLOCK, as the runc shim holds it (a writer of its
+ *   own beside the reader): the client closing its end is NOT the process's
+ *   EOF — containerd's CloseIO is (checked against the runc shim in
+ *   test/e2e/shim.test.ts); and a client that reattaches after a containerd
+ *   restart finds the FIFO still open.
  *
  * The fd goes into a net.Socket (a libuv pipe handle): reads and writes are
  * async, and closing it is destroy(). Opening itself uses the pool, but a
@@ -27,7 +29,7 @@ import type { StdioField } from './stdio-config.js';
 const open = promisify(fs.open);
 const fstat = promisify(fs.fstat);
 const closeFd = promisify(fs.close);
-const { O_RDONLY, O_RDWR, O_WRONLY, O_APPEND, O_NONBLOCK } = fs.constants;
+const { O_RDWR, O_WRONLY, O_APPEND, O_NONBLOCK } = fs.constants;
 
 /**
  * The sink of a stdout/stderr path: a FIFO held read-write, or an existing
@@ -51,11 +53,11 @@ export async function openOutputPath(field: StdioField, path: string, log: Logge
   throw new InvalidArgumentError(`${field}: ${path} is not a fifo or a regular file`);
 }
 
-/** The stdin FIFO, opened O_RDONLY|O_NONBLOCK, as a readable socket. */
+/** The stdin FIFO, opened O_RDWR|O_NONBLOCK (never EOF by itself: see above), as a readable socket. */
 export async function openStdinFifo(path: string): Promise<net.Socket> {
   const st = await statPath('stdin', path);
   if (!st.isFIFO()) throw new InvalidArgumentError(`stdin: ${path} is not a fifo`);
-  return openFifoSocket('stdin', path, O_RDONLY | O_NONBLOCK, { readable: true, writable: false });
+  return openFifoSocket('stdin', path, O_RDWR | O_NONBLOCK, { readable: true, writable: false });
 }
 
 async function statPath(field: StdioField, path: string): Promise<fs.Stats> {

@@ -6,9 +6,12 @@
  *   into the pod's shared dir by the host and their sources rewritten — the
  *   guest never sees another host path; binds of host /dev, /proc and /sys
  *   paths are dropped (the guest has its own);
- * - namespaces given by path (a host /proc/<pid>/ns/… or /var/run/netns
- *   file) and the network namespace are dropped: the VM is the pod's
- *   sandbox, its network is the pod's network (as in Kata);
+ * - the network namespace is dropped: the VM is the pod's sandbox, its
+ *   network is the pod's network (as in Kata); other namespaces given by a
+ *   host path (CRI joins workload containers to the pause container's pid,
+ *   ipc and uts namespaces through /proc/<host pid>/ns/…) point at the pod's
+ *   sandbox container in the guest (/proc/<guest pid>/ns/…), or become new
+ *   ones when there is none;
  * - hooks, linux.devices and AppArmor/SELinux labels name host things: dropped.
  * Pure: the caller performs the binds it returns.
  */
@@ -42,7 +45,14 @@ function isBind(m: Json): boolean {
 /**
  * @param guestContainerDir the container's dir in the guest (`<guest shared>/<id>`); its rootfs is `<dir>/rootfs`.
  */
-export function guestSpec(hostSpec: unknown, guestContainerDir: string): GuestSpecResult {
+const NS_FILE: Record<string, string> = { pid: 'pid', ipc: 'ipc', uts: 'uts', mount: 'mnt', cgroup: 'cgroup', user: 'user' };
+
+export interface GuestSpecOptions {
+  /** The guest pid of the pod's sandbox (pause) container, whose namespaces others join. */
+  sandboxGuestPid?: number;
+}
+
+export function guestSpec(hostSpec: unknown, guestContainerDir: string, opts: GuestSpecOptions = {}): GuestSpecResult {
   if (!isObj(hostSpec)) throw new InvalidArgumentError('config.json: must be a JSON object');
   if (!isObj(hostSpec['process'])) throw new InvalidArgumentError('config.json: process: must be an object');
   const spec = structuredClone(hostSpec);
@@ -76,14 +86,22 @@ export function guestSpec(hostSpec: unknown, guestContainerDir: string): GuestSp
   if (isObj(spec['linux'])) {
     const linux = spec['linux'];
     if (Array.isArray(linux['namespaces'])) {
-      linux['namespaces'] = (linux['namespaces'] as unknown[]).filter((n) => {
-        if (!isObj(n)) return false;
-        if (n['type'] === 'network' || (typeof n['path'] === 'string' && n['path'] !== '')) {
-          dropped.push(`linux.namespaces[${String(n['type'])}${n['path'] ? ` ${String(n['path'])}` : ''}]`);
-          return false;
+      const out: Json[] = [];
+      for (const n of linux['namespaces'] as unknown[]) {
+        if (!isObj(n)) continue;
+        const type = String(n['type']);
+        const path = typeof n['path'] === 'string' ? n['path'] : '';
+        if (type === 'network') { dropped.push(`linux.namespaces[network${path ? ` ${path}` : ''}]`); continue; }
+        if (!path) { out.push(n); continue; }
+        const file = NS_FILE[type];
+        if (opts.sandboxGuestPid && file && type !== 'mount' && type !== 'user') {
+          out.push({ type, path: `/proc/${opts.sandboxGuestPid}/ns/${file}` });
+        } else {
+          dropped.push(`linux.namespaces[${type} ${path}] (a new one)`);
+          out.push({ type });
         }
-        return true;
-      });
+      }
+      linux['namespaces'] = out;
     }
     if (linux['devices'] !== undefined) { delete linux['devices']; dropped.push('linux.devices'); }
     for (const k of ['mountLabel']) if (k in linux) { delete linux[k]; dropped.push(`linux.${k}`); }

@@ -59,7 +59,12 @@ export interface PodSandbox {
 }
 
 /** Boots (or, later, takes from a warm pool) the pod's VM. */
-export type SandboxFactory = (req: { podId: string; signal?: AbortSignal }) => Promise<PodSandbox>;
+export type SandboxFactory = (req: {
+  podId: string;
+  /** The pod's network namespace (CRI/CNI made it), from the first container's spec; the VM joins it. */
+  netnsPath?: string;
+  signal?: AbortSignal;
+}) => Promise<PodSandbox>;
 
 export interface PodOptions {
   podId: string;
@@ -161,13 +166,13 @@ export class Pod {
 
   // ---------------------------------------------------------------- the VM
 
-  private sandbox(signal?: AbortSignal): Promise<PodSandbox> {
+  private sandbox(signal?: AbortSignal, netnsPath?: string): Promise<PodSandbox> {
     if (this.closing.signal.aborted) return Promise.reject(new FailedPreconditionError(`pod ${this.opts.podId}: the shim is shutting down`));
     if (!this.sandboxPromise) {
       const started = Date.now();
       const p = (async () => {
         if (this.stopping) await this.stopping;
-        const sb = await this.opts.sandboxFactory({ podId: this.opts.podId, ...(signal ? { signal } : {}) });
+        const sb = await this.opts.sandboxFactory({ podId: this.opts.podId, ...(netnsPath ? { netnsPath } : {}), ...(signal ? { signal } : {}) });
         this.sandboxValue = sb;
         this.log.info({ vmPid: sb.vmPid, ms: Date.now() - started }, 'pod VM ready');
         void this.oomLoop(sb);
@@ -282,10 +287,11 @@ export class Pod {
     try {
       const io = await ProcessIo.open(req.stdio, { containerId: req.id, namespace: this.opts.namespace, logger: this.log });
       undo.push(() => io.close(IO_CLOSE_TIMEOUT_MS));
-      const sb = await this.sandbox(signal);
+      const sb = await this.sandbox(signal, networkNamespacePath(hostSpec));
       const hostDir = join(sb.sharedDir, req.id);
       const guestDir = posix.join(sb.guestSharedDir, req.id);
-      const g = guestSpec(hostSpec, guestDir);
+      const pause = req.id === this.opts.podId ? undefined : this.containers.get(this.opts.podId)?.init;
+      const g = guestSpec(hostSpec, guestDir, pause?.state === 'running' ? { sandboxGuestPid: pause.guestPid } : {});
       if (g.dropped.length > 0) this.log.info({ container: req.id, dropped: g.dropped }, 'spec adapted for the guest');
       await mountRootfs(hostDir, req.rootfs, req.bundle);
       undo.push(() => releaseContainerDir(hostDir));
@@ -507,6 +513,17 @@ export class Pod {
     })();
     return this.closed;
   }
+}
+
+/** The network namespace path a spec names (CRI's pod netns), if any. */
+export function networkNamespacePath(spec: unknown): string | undefined {
+  const ns = (spec as { linux?: { namespaces?: unknown } } | null)?.linux?.namespaces;
+  if (!Array.isArray(ns)) return undefined;
+  for (const n of ns) {
+    const o = n as { type?: unknown; path?: unknown } | null;
+    if (o?.type === 'network' && typeof o.path === 'string' && o.path !== '') return o.path;
+  }
+  return undefined;
 }
 
 /** config.json of a bundle, with errors naming the field. */

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log/index.js';
 import { cleanupFromState, mountsUnder, readStateFile, unmountTree } from '../vm/index.js';
 import { hasCode, Code } from '../errors/index.js';
+import { cleanupNetworkState } from './pod-vm.js';
 
 export interface PodCleanupReport {
   vmPid?: number;
@@ -38,6 +39,7 @@ export function socketAlive(socket: string, timeoutMs = 1_000): Promise<boolean>
 export async function cleanupPodDir(dir: string, logger: Logger): Promise<PodCleanupReport> {
   const report: PodCleanupReport = { leftMounts: [], removed: false };
   if (!existsSync(dir)) return report;
+  // The VM first (QEMU holds the tap), then the pod's tap and filters.
   try {
     const st = readStateFile(dir);
     report.vmPid = st.qemu?.pid;
@@ -45,6 +47,7 @@ export async function cleanupPodDir(dir: string, logger: Logger): Promise<PodCle
   } catch (err) {
     if (!hasCode(err, Code.NOT_FOUND)) logger.warn({ err, dir }, 'vm state unreadable: cleaning the pod dir only');
   }
+  await cleanupNetworkState(dir, logger);
   await unmountTree(dir).catch((err: unknown) => logger.warn({ err, dir }, 'unmount under pod dir failed'));
   report.leftMounts = mountsUnder(dir);
   if (report.leftMounts.length === 0) {

@@ -24,18 +24,22 @@ async function main(): Promise<void> {
     process.stdout.write(`containerd-shim-kata-v2:\n  Version: ${SHIM_VERSION}\n  Runtime: node ${process.version}\n`);
     return;
   }
-  const { createLogger } = await import('../log/index.js');
   switch (flags.action) {
     case 'start': {
-      // stderr goes back to containerd in the error message: keep it for failures.
-      const logger = createLogger({ debug: flags.debug, name: 'containerd-shim-kata-v2', destination: 2 });
-      logger.level = flags.debug ? 'debug' : 'warn';
+      // containerd reads our stdout and stderr as ONE pipe and dials what is
+      // on it: logs go to the bundle's log FIFO (containerd opened it before
+      // running us); stderr only carries a fatal error.
+      const { openShimLog } = await import('./log.js');
+      const logger = openShimLog(process.cwd(), flags.debug, { fallbackToStderr: false });
       const { startAction } = await import('./start.js');
       const address = await startAction(flags, fileURLToPath(import.meta.url), logger);
       process.stdout.write(address);
+      await new Promise<void>((r) => logger.flush(() => r()));
       return;
     }
     case 'delete': {
+      // stderr is what containerd logs as "cleanup warnings".
+      const { createLogger } = await import('../log/index.js');
       const logger = createLogger({ debug: flags.debug, name: 'containerd-shim-kata-v2', destination: 2 });
       logger.level = flags.debug ? 'debug' : 'warn';
       const { deleteAction } = await import('./delete.js');

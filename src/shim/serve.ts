@@ -6,17 +6,14 @@
  * events wait in the queue while containerd is away.
  */
 import { existsSync, fstatSync, rmSync, writeSync, closeSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createEventPublisher, EventQueue } from '../events/index.js';
-import type { Logger } from '../log/index.js';
-import { Pod, type PodSandbox, type SandboxFactory } from '../service/pod.js';
+import { Pod } from '../service/pod.js';
 import { TASK_SERVICE, taskServiceHandlers } from '../service/task-service.js';
-import { loadGuestImage, SandboxVm } from '../sandbox/index.js';
 import { TtrpcServer } from '../ttrpc/index.js';
 import { mountsUnder } from '../vm/index.js';
 import type { ShimFlags } from './flags.js';
 import { openShimLog } from './log.js';
+import { bootSandboxFactory } from './pod-vm.js';
 import { podPaths, runRoot } from './pod-paths.js';
 
 /** Bound on the whole shutdown (VM stop, IO, events flush). */
@@ -26,13 +23,6 @@ const EVENTS_FLUSH_TIMEOUT_MS = 3_000;
 /** The readiness pipe from `start`. */
 const READY_FD = 3;
 
-export function guestImageDir(env: NodeJS.ProcessEnv = process.env): string {
-  const d = env['KATA_TS_GUEST_DIR'];
-  if (d) return resolve(d);
-  // dist/src/shim/serve.js → the project root
-  return resolve(dirname(fileURLToPath(import.meta.url)), '../../../build/guest');
-}
-
 function tellStarter(msg: string): void {
   try {
     if (!fstatSync(READY_FD).isFIFO() && !fstatSync(READY_FD).isSocket()) return;
@@ -41,27 +31,6 @@ function tellStarter(msg: string): void {
   } catch {
     /* not started by `start` */
   }
-}
-
-/** The SandboxVm as the Pod sees it. */
-function sandboxFactory(logger: Logger, dir: string): SandboxFactory {
-  return async ({ podId, signal }) => {
-    const image = loadGuestImage(guestImageDir());
-    const s = await SandboxVm.start({ sandboxId: podId, dir, image, logger, ...(signal ? { signal } : {}) });
-    const vm = s.vm;
-    const exited = new Promise<void>((r) => (vm.exitInfo ? r() : vm.once('exit', () => r())));
-    let stopped: (() => void) | undefined;
-    const stoppedP = new Promise<void>((r) => { stopped = r; });
-    const sb: PodSandbox = {
-      agent: s.agent,
-      vmPid: vm.pid ?? 0,
-      sharedDir: s.sharedDir,
-      guestSharedDir: s.guestSharedDir,
-      exited: Promise.race([exited, stoppedP]),
-      stop: () => s.stop().finally(() => stopped?.()),
-    };
-    return sb;
-  };
 }
 
 export async function serve(flags: ShimFlags): Promise<void> {
@@ -87,7 +56,7 @@ export async function serve(flags: ShimFlags): Promise<void> {
     podId: flags.id,
     namespace: flags.namespace,
     logger: log,
-    sandboxFactory: sandboxFactory(log, paths.dir),
+    sandboxFactory: bootSandboxFactory(log, paths.dir),
     events: { publish: (topic, typeName, value) => queue.publish(topic, { typeName, value }) },
   });
   const server = new TtrpcServer({ logger: log });

@@ -21,7 +21,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { release } from 'node:os';
 import { basename, join } from 'node:path';
@@ -505,7 +505,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             const client = await TtrpcClient.connect(sock, { timeoutMs: 10_000 });
             clients.push(client);
 
-            // CloseIO: the exec's stdin reaches EOF although our end of the FIFO stays open.
+            // CloseIO: the exec's stdin reaches EOF once the client closed its end and called CloseIO.
             const stdinPath = join(fifoDir, 'in');
             const stdoutPath = join(fifoDir, 'out');
             // The runc shim wants all three when any is given ("opening file \"\" failed"); ctr always sends three.
@@ -521,7 +521,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
               id: L, execId: 'cio', terminal: false, stdin: stdinPath, stdout: stdoutPath, stderr: stderrPath,
               spec: processSpec(c, L, ['sh', '-c', 'read l; echo got:$l; cat; echo eof']),
             }, callOpts);
-            const waitCio = client.request(TASK, 'Wait', T.WaitRequest, T.WaitResponse, { id: L, execId: 'cio' }, { timeoutMs: 10 * 60_000 });
+            const waitCio = client.request(TASK, 'Wait', T.WaitRequest, T.WaitResponse, { id: L, execId: 'cio' }, { timeoutMs: 2 * rt.ctrTimeoutMs });
             waitCio.catch(() => undefined); // awaited below; no unhandled rejection if the test fails first
             const started = await client.request(TASK, 'Start', T.StartRequest, T.StartResponse, { id: L, execId: 'cio' }, callOpts);
             assert.ok(started.pid > 0);
@@ -529,7 +529,13 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             await waitFor(() => text.includes('got:abc\n'), { timeoutMs: rt.ctrTimeoutMs, what: `got:abc on stdout (got ${JSON.stringify(text)})` });
             inp.write('def\n');
             await waitFor(() => text.includes('def\n'), { timeoutMs: rt.ctrTimeoutMs, what: `cat echoes def (got ${JSON.stringify(text)})` });
-            assert.equal(text.includes('eof'), false, 'no EOF before CloseIO');
+            // containerd's model (cio + the runc shim): the client closes its end of the FIFO, then calls
+            // CloseIO. The shim holds the FIFO open itself, so our close alone must not end the stdin
+            // (that is why `printf … | ctr run … wc -l` hangs: ctr 1.6 never sends CloseIO).
+            inp.end();
+            await waitFor(() => inp.destroyed || inp.closed, { timeoutMs: 5000, what: 'our stdin writer closed' });
+            await new Promise((r) => setTimeout(r, rt.vm ? 3000 : 1000));
+            assert.equal(text.includes('eof'), false, `no EOF before CloseIO (got ${JSON.stringify(text)})`);
             await client.request(TASK, 'CloseIO', T.CloseIORequest, Empty, { id: L, execId: 'cio', stdin: true }, callOpts);
             const wc = await waitCio;
             assert.equal(wc.exitStatus, 0, 'cat ended on EOF, exit 0');
@@ -606,11 +612,12 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
         }
       });
 
-      it('a pod: two containers share one shim and one QEMU; kill -9 + restart of containerd: running task kept, exit while down delivered', { timeout: 600_000 }, async () => {
+      it('a pod: two containers share one shim and one QEMU; kill -9 + restart of containerd: running task kept, exit while down delivered', { timeout: 600_000 }, async (t) => {
         const P = id('pod');
         const X = id('podx');
         const b = baseline(c);
         let ev: CtrEvents | undefined;
+        let debugLevel = false;
         try {
           await withLogOnFailure(c, async () => {
             ok(await run(['-d', '--annotation', `${CONTAINER_TYPE}=sandbox`, '--annotation', `${SANDBOX_ID}=${P}`, IMG, P, 'sleep', '100000']), 'run sandbox');
@@ -653,16 +660,40 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
               client.close();
             }
 
-            // ---- restart: the subscriber starts at once; the shim's exit event must still arrive
-            await c.restart();
+            // ---- restart. The shim may hand its queued exit event to containerd before any subscriber
+            // of ours can be there (ours retries within ~50 ms of containerd listening), so containerd
+            // runs at debug level across this restart: it then logs every event it accepts
+            // (`msg="event forwarded" ns=… topic=/tasks/exit type=containerd.events.TaskExit`).
+            // Until the exec below, the only exit in this namespace is X's.
+            const config = readFileSync(c.configPath, 'utf8');
+            const debugConfig = config.replace(/(\[debug\][^[]*?level = )"[a-z]+"/, '$1"debug"');
+            assert.notEqual(debugConfig, config, 'containerd log level set in config.toml');
+            const logFrom = statSync(c.logPath).size;
+            writeFileSync(c.configPath, debugConfig);
+            debugLevel = true;
+            try {
+              await c.restart();
+            } finally {
+              writeFileSync(c.configPath, config); // restarted at the usual level in `finally`
+            }
             ev = new CtrEvents(c);
+            const evs = ev;
+            const exitParts = [` ${c.namespace} /tasks/exit `, `"container_id":"${X}"`, `"id":"${X}"`, '"exit_status":7'];
+            const forwarded = new RegExp(`msg="event forwarded" ns=${c.namespace} topic=/tasks/exit type=containerd\\.events\\.TaskExit`);
+            const how = await waitFor(() => {
+              if (evs.lines.some((l) => exitParts.every((x) => l.includes(x)))) return 'seen by ctr events';
+              if (forwarded.test(readFileSync(c.logPath).subarray(logFrom).toString('utf8'))) return 'forwarded before ctr events subscribed (containerd debug log)';
+              return undefined;
+            }, { timeoutMs: 60_000, intervalMs: 50, what: `TaskExit of ${X} delivered to the restarted containerd` }).catch((e: Error) => {
+              throw new Error(`${e.message}\nctr events:\n${evs.lines.join('\n')}`);
+            });
+            t.diagnostic(`${rt.name}: exit event of ${X} after the restart: ${how}`);
             const t1 = await tasks(c);
             assert.deepEqual(t1.get(P), pInfo, 'sandbox still RUNNING with its pid');
             assert.deepEqual(t1.get(X), { pid: xInfo!.pid, status: 'STOPPED' }, 'the exit is seen after the restart');
             r = await c.ctr(['task', 'exec', '--exec-id', 'after-restart', P, 'echo', 'still here'], { timeoutMs: rt.ctrTimeoutMs });
             ok(r, 'exec after restart');
             assert.equal(r.stdout, 'still here\n');
-            await ev.waitLine([` ${c.namespace} /tasks/exit `, `"container_id":"${X}"`, `"id":"${X}"`, '"exit_status":7'], `TaskExit of ${X}`, 60_000);
 
             // ctr task delete reports the exit code (a warning on stderr; exit 0).
             r = await c.ctr(['task', 'delete', X], { timeoutMs: rt.ctrTimeoutMs });
@@ -675,7 +706,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             if (rt.vm) assert.equal(qemuPids(c).filter((p) => !b.qemus.includes(p)).length, 1);
 
             // ---- the last container: delete it, nothing of the pod is left
-            ok(await c.ctr(['task', 'kill', '-s', 'KILL', P], { timeoutMs: rt.ctrTimeoutMs }), 'kill sandbox');
+            ok(await c.ctr(['task', 'kill', '--all', '-s', 'KILL', P], { timeoutMs: rt.ctrTimeoutMs }), 'kill --all sandbox');
             await waitStatus(c, P, 'STOPPED', rt.ctrTimeoutMs);
             r = await c.ctr(['task', 'delete', P], { timeoutMs: rt.ctrTimeoutMs });
             ok(r, 'task delete sandbox');
@@ -687,6 +718,8 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
         } finally {
           await ev?.stop();
           for (const x of [X, P]) if ((await containerIds(c)).includes(x)) await forceRemove(c, x);
+          // Back to the usual log level: at debug, containerd starts every shim with -debug.
+          if (debugLevel) await c.restart();
         }
       });
 
@@ -707,7 +740,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             const r = await c.ctr(['task', 'delete', K], { timeoutMs: rt.ctrTimeoutMs });
             assert.equal(r.code, 1, show(r));
             assert.match(r.stderr, /ctr: no running task found: (task \S+ )?(not found: )?not found/, r.stderr);
-            assert.equal(pidAlive(info.pid), false, `task pid ${info.pid} (${rt.vm ? 'QEMU' : 'init'}) ended`);
+            await waitFor(() => !pidAlive(info.pid), { timeoutMs: 60_000, what: `task pid ${info.pid} (${rt.vm ? 'QEMU' : 'init'}) ended` });
             ok(await c.ctr(['containers', 'delete', K]), 'containers delete');
             // The runc shim's `delete` (containerd 1.6.20) leaves its socket file in /run/containerd/s behind; ours must not.
             await assertPodGone(c, rt, b, rt.vm ? sock : undefined, 'after kill -9 of the shim');

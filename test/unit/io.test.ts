@@ -476,7 +476,7 @@ describe('stdout/stderr FIFOs', () => {
 // ---------------------------------------------------------------- stdin
 
 describe('stdin FIFO', () => {
-  test('a stdin FIFO with no writer yet waits (no EOF); data then EOF → writes, closeStdin once', async () => {
+  test('stdin: data is forwarded; the writer closing is not EOF (held read-write, as the runc shim); CloseIO is, once', async () => {
     const inp = mkfifo('in');
     const io = await open({ stdin: inp });
     assert.equal(io.hasStdin, true);
@@ -490,10 +490,11 @@ describe('stdin FIFO', () => {
     const w = fs.openSync(inp, O_WRONLY | O_NONBLOCK);
     fs.writeSync(w, 'hello\n');
     fs.closeSync(w);
-    await waitFor('closeStdin', () => s.closeStdinCalls === 1);
-    assert.equal(s.stdinText, 'hello\n');
-    await io.closeStdin(); // CloseIO afterwards: nothing more
-    await sleep(20);
+    await waitFor('stdin forwarded', () => s.stdinText === 'hello\n');
+    await sleep(200);
+    assert.equal(s.closeStdinCalls, 0, 'the writer going away is not EOF');
+    await io.closeStdin(); // CloseIO
+    await io.closeStdin();
     assert.equal(s.closeStdinCalls, 1);
     await io.close();
     await assertNoFdLeak();
@@ -511,8 +512,10 @@ describe('stdin FIFO', () => {
     io.start(s);
     const cat = spawn('sh', ['-c', 'cat "$1" > "$2"', 'sh', src, inp], { stdio: 'ignore' });
     const catExit = new Promise<number | null>((resolve) => cat.on('exit', resolve));
-    await waitFor('closeStdin', () => s.closeStdinCalls === 1, 10_000);
     assert.equal(await catExit, 0);
+    await waitFor('all stdin', () => Buffer.concat(s.written).length === payload.length, 10_000);
+    await io.closeStdin();
+    assert.equal(s.closeStdinCalls, 1);
     assert.equal(s.maxInFlight, 1);
     assert.ok(Buffer.concat(s.written).equals(payload), 'stdin intact');
     await io.close();

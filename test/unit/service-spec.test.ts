@@ -37,11 +37,16 @@ describe('guest spec', () => {
     assert.equal(mounts[1]!['source'], '/run/kata-containers/shared/containers/t1/mounts/1-hosts');
     assert.deepEqual(r.binds, [{ source: '/var/lib/containerd/sb/hosts', target: 'mounts/1-hosts', readOnly: true }]);
     const linux = r.spec['linux'] as Record<string, unknown>;
-    assert.deepEqual(linux['namespaces'], [{ type: 'pid' }, { type: 'mount' }]);
+    assert.deepEqual(linux['namespaces'], [{ type: 'pid' }, { type: 'ipc' }, { type: 'mount' }], 'no sandbox in the guest: a new ipc namespace');
     assert.equal(linux['devices'], undefined);
     assert.equal(linux['cgroupsPath'], '/default/t1');
     assert.ok(!JSON.stringify(r.spec).includes('/var/lib/containerd'), 'no host path left');
     assert.equal(host.hooks.prestart.length, 1, 'the input is not modified');
+  });
+  it('CRI workload containers join the sandbox container in the guest, by its guest pid', () => {
+    const r = guestSpec(host, '/g/c2', { sandboxGuestPid: 57 });
+    const linux = r.spec['linux'] as Record<string, unknown>;
+    assert.deepEqual(linux['namespaces'], [{ type: 'pid' }, { type: 'ipc', path: '/proc/57/ns/ipc' }, { type: 'mount' }]);
   });
   it('refuses what cannot be a spec, naming the field', async () => {
     assert.throws(() => guestSpec([], '/g'), (e: { code?: Code }) => e.code === Code.INVALID_ARGUMENT);
