@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { bundleNodeModule } from './esbuild-node.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
@@ -25,25 +26,9 @@ if (!existsSync(entry)) {
 }
 mkdirSync(outDir, { recursive: true });
 
-const { build } = await import('esbuild');
 const outfile = join(outDir, 'agent.mjs');
-await build({
-  entryPoints: [entry],
-  outfile,
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node20',
-  sourcemap: false,
-  legalComments: 'none',
-  logLevel: 'warning',
-  // CommonJS dependencies (pino, protobufjs) call require() for Node
-  // built-ins: give the ES module a real require.
-  banner: {
-    js: "import { createRequire as __agentCreateRequire } from 'node:module'; const require = __agentCreateRequire(import.meta.url);",
-  },
-});
-console.log(`bundle-agent: ${outfile} (${(statSync(outfile).size / 1024).toFixed(0)} KiB)`);
+const kib = await bundleNodeModule({ entry, outfile });
+console.log(`bundle-agent: ${outfile} (${kib} KiB)`);
 
 if (!values['no-helper']) {
   const src = join(root, 'src/agent/native/tty-helper.c');

@@ -23,33 +23,18 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Code } from '../../src/errors/index.js';
 import { createLogger, silentLogger } from '../../src/log/index.js';
 import { attachTap, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState } from '../../src/network/index.js';
-import { loadGuestImage, SandboxVm, type GuestImage } from '../../src/sandbox/index.js';
+import { SandboxVm } from '../../src/sandbox/index.js';
 import { cleanupFromState, isAlive, mountsUnder, type VmState } from '../../src/vm/index.js';
 import { readAll } from '../harness/agent.js';
-import { projectRoot, runtimeSpec, writeBusyboxRootfs } from '../harness/busybox.js';
+import { runtimeSpec, writeBusyboxRootfs } from '../harness/busybox.js';
 import { expectCode } from '../harness/status.js';
+import { guestImage } from '../harness/guest.js';
 
 const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
 const canRun = process.getuid?.() === 0 && existsSync('/usr/lib/qemu/virtiofsd') && existsSync('/dev/net/tun') &&
   has('qemu-system-x86_64', ['--version']) && has('ip', ['-V']) && has('tc', ['-V']) && has('nsenter', ['--version']);
 const skip = canRun ? false : 'needs root, /dev/net/tun, qemu-system-x86_64, virtiofsd, iproute2 and nsenter';
 
-const GUEST_DIR = join(projectRoot(), 'build', 'guest');
-
-function guestImage(): GuestImage {
-  const need = ['vmlinux', 'initrd.img', 'rootfs.img', 'bare-initrd.img', 'cmdline', 'manifest.json'];
-  if (need.some((f) => !existsSync(join(GUEST_DIR, f)))) {
-    const root = projectRoot();
-    for (const [cmd, args] of [
-      [process.execPath, [join(root, 'scripts/bundle-agent.mjs')]],
-      ['bash', [join(root, 'scripts/build-guest.sh')]],
-    ] as const) {
-      const r = spawnSync(cmd, [...args], { cwd: root, encoding: 'utf8', timeout: 600_000, killSignal: 'SIGKILL' });
-      assert.equal(r.status, 0, `${args[0]} failed (${r.status ?? r.signal}): ${r.stdout}${r.stderr}`);
-    }
-  }
-  return loadGuestImage(GUEST_DIR);
-}
 
 /** Runs a command (bounded: SIGKILL after `timeoutMs`); its status and output. */
 function sh(cmd: string, args: string[], timeoutMs = 20_000): { status: number | null; out: string } {

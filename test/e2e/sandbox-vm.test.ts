@@ -25,33 +25,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentClient } from '../../src/agent-client/index.js';
 import { Code } from '../../src/errors/index.js';
 import { createLogger, silentLogger } from '../../src/log/index.js';
-import { GUEST_SHARED_DIR, loadGuestImage, SandboxVm, type GuestImage } from '../../src/sandbox/index.js';
+import { GUEST_SHARED_DIR, SandboxVm } from '../../src/sandbox/index.js';
 import { cleanupFromState, isAlive, mountsUnder, virtiofsdLockFile, type VmState } from '../../src/vm/index.js';
-import { projectRoot, runtimeSpec, writeBusyboxRootfs, type OciSpec } from '../harness/busybox.js';
+import { runtimeSpec, writeBusyboxRootfs, type OciSpec } from '../harness/busybox.js';
 import { drainStdout, readAll, type ProcessRef } from '../harness/agent.js';
 import { expectCode } from '../harness/status.js';
+import { guestImage } from '../harness/guest.js';
 
 const canRun = process.getuid?.() === 0 && existsSync('/usr/lib/qemu/virtiofsd') &&
   spawnSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' }).status === 0;
 const skip = canRun ? false : 'needs root, qemu-system-x86_64 and /usr/lib/qemu/virtiofsd';
 
-const GUEST_DIR = join(projectRoot(), 'build', 'guest');
-
-/** The guest image, built first when it is missing. */
-function guestImage(): GuestImage {
-  const need = ['vmlinux', 'initrd.img', 'rootfs.img', 'bare-initrd.img', 'cmdline', 'manifest.json'];
-  if (need.some((f) => !existsSync(join(GUEST_DIR, f)))) {
-    const root = projectRoot();
-    for (const [cmd, args] of [
-      [process.execPath, [join(root, 'scripts/bundle-agent.mjs')]],
-      ['bash', [join(root, 'scripts/build-guest.sh')]],
-    ] as const) {
-      const r = spawnSync(cmd, [...args], { cwd: root, encoding: 'utf8', timeout: 600_000, killSignal: 'SIGKILL' });
-      assert.equal(r.status, 0, `${args[0]} failed (${r.status ?? r.signal}): ${r.stdout}${r.stderr}`);
-    }
-  }
-  return loadGuestImage(GUEST_DIR);
-}
 
 /** A process's whole stdout or stderr as text, each read bounded. */
 async function readText(c: AgentClient, ref: ProcessRef, which: 'stdout' | 'stderr' = 'stdout'): Promise<string> {

@@ -1,0 +1,24 @@
+/** The project's guest image for VM tests, built first when it is missing. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadGuestImage, type GuestImage } from '../../src/sandbox/index.js';
+import { projectRoot } from './busybox.js';
+
+export const GUEST_DIR = join(projectRoot(), 'build', 'guest');
+
+export function guestImage(): GuestImage {
+  const need = ['vmlinux', 'initrd.img', 'rootfs.img', 'bare-initrd.img', 'cmdline', 'manifest.json'];
+  if (need.some((f) => !existsSync(join(GUEST_DIR, f)))) {
+    const root = projectRoot();
+    for (const [cmd, args] of [
+      [process.execPath, [join(root, 'scripts/bundle-agent.mjs')]],
+      ['bash', [join(root, 'scripts/build-guest.sh')]],
+    ] as const) {
+      const r = spawnSync(cmd, [...args], { cwd: root, encoding: 'utf8', timeout: 600_000, killSignal: 'SIGKILL' });
+      assert.equal(r.status, 0, `${args[0]} failed (${r.status ?? r.signal}): ${r.stdout}${r.stderr}`);
+    }
+  }
+  return loadGuestImage(GUEST_DIR);
+}
