@@ -31,8 +31,12 @@ export interface ProcessStreams {
   closeStdin(): Promise<void>;
 }
 
-/** Bytes asked for per read. */
-export const DEFAULT_READ_CHUNK = 64 * 1024;
+/**
+ * Bytes asked for per ReadStdout/ReadStderr: the agent's maximum. Measured
+ * through `ctr run … dd` under TCG: 6.3 MB/s against 3.4 MB/s with 64 KiB
+ * (each call is a round trip through the guest's slow ttrpc path).
+ */
+export const DEFAULT_READ_CHUNK = 1024 * 1024;
 
 export type ReadFn = (maxLen: number, signal: AbortSignal) => Promise<{ data: Buffer; eof: boolean }>;
 

@@ -28,7 +28,7 @@ export interface ProcessIoOptions {
   logger: Logger;
   /** Cancels open() (e.g. while waiting for a logging binary to be ready). */
   signal?: AbortSignal;
-  /** Bytes asked for per readStdout/readStderr (DEFAULT_READ_CHUNK, 64 KiB). */
+  /** Bytes asked for per readStdout/readStderr (DEFAULT_READ_CHUNK, 1 MiB). */
   readChunk?: number;
   /** How long a binary:// logger gets to be ready (10 s), then DEADLINE_EXCEEDED. */
   loggerReadyTimeoutMs?: number;

@@ -340,7 +340,7 @@ describe('stdout/stderr FIFOs', () => {
 
   test('backpressure: a slow reader stalls readStdout; the shim holds a bounded amount', async () => {
     const out = mkfifo('out');
-    const io = await open({ stdout: out });
+    const io = await open({ stdout: out }, { readChunk: 64 * 1024 }); // the bound scales with the chunk
     const s = new FakeStreams();
     const total = 4 * MiB;
     const payload = Buffer.alloc(total);
