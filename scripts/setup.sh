@@ -9,6 +9,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils      # the VM (virtiofsd ships in qemu-system-common)
   busybox-static tini             # test images and the guest root
   socat cpio lz4 e2fsprogs erofs-utils util-linux iproute2
+  containernetworking-plugins     # CNI bridge, host-local, loopback for CRI pods
   gcc libc6-dev                   # the guest's small C helpers
 )
 

@@ -121,6 +121,10 @@ export class Pod {
   private readonly closing = new AbortController();
   private sandboxPromise: Promise<PodSandbox> | undefined;
   private sandboxValue: PodSandbox | undefined;
+  /** The network namespace the current VM runs in (CRI/CNI's), if any. */
+  private sandboxNetns: string | undefined;
+  /** Cleanups of VMs that died (virtiofsd, mounts, tap, files); stopSandbox waits for them. */
+  private readonly deadVmCleanups = new Set<Promise<void>>();
   private stopping: Promise<void> | undefined;
   private closed: Promise<void> | undefined;
   private readonly exitsLoopDone: Promise<void>;
@@ -174,6 +178,7 @@ export class Pod {
         if (this.stopping) await this.stopping;
         const sb = await this.opts.sandboxFactory({ podId: this.opts.podId, ...(netnsPath ? { netnsPath } : {}), ...(signal ? { signal } : {}) });
         this.sandboxValue = sb;
+        this.sandboxNetns = netnsPath;
         this.log.info({ vmPid: sb.vmPid, ms: Date.now() - started }, 'pod VM ready');
         void this.oomLoop(sb);
         void sb.exited.then(() => this.onVmGone(sb));
@@ -196,7 +201,11 @@ export class Pod {
           await sb.stop().catch((err: unknown) => this.log.error({ err }, 'stopping the pod VM failed'));
           this.log.info('pod VM stopped');
         }
-        if (this.sandboxValue === sb) this.sandboxValue = undefined;
+        if (this.sandboxValue === sb) {
+          this.sandboxValue = undefined;
+          this.sandboxNetns = undefined;
+        }
+        await Promise.all([...this.deadVmCleanups]);
       })().finally(() => { this.stopping = undefined; });
     }
     return this.stopping;
@@ -207,6 +216,15 @@ export class Pod {
     this.log.error({ vmPid: sb.vmPid }, 'the pod VM died: its processes are reported killed');
     this.sandboxValue = undefined;
     this.sandboxPromise = undefined;
+    // What the dead VM leaves on the host goes now (virtiofsd, the shared dir's mounts, the tap
+    // and its filters, the VM's files): nothing else would stop it, and a later Create boots a
+    // new VM. Without this the shim ended with the shared dir still mounted (its pod dir left
+    // behind) and the tap in the pod netns, unless containerd's `delete` happened to run after it.
+    const cleanup: Promise<void> = sb.stop()
+      .then(() => this.log.info('the dead pod VM is cleaned up'))
+      .catch((err: unknown) => this.log.error({ err }, 'cleaning up after the dead pod VM failed'))
+      .finally(() => this.deadVmCleanups.delete(cleanup));
+    this.deadVmCleanups.add(cleanup);
     const at = new Date();
     for (const c of this.containers.values()) {
       for (const p of c.processes()) if (p.state !== 'stopped') void this.exits.send({ proc: p, exit: { status: 137, at } }).catch(() => {});
@@ -247,7 +265,10 @@ export class Pod {
       let exit: ExitRecord;
       try {
         const e = await sb.agent.waitProcess({ containerId: p.containerId, execId: p.execId }, { signal: this.closing.signal });
-        exit = { status: e.exitStatus, at: e.exitedAt };
+        // The host's clock, not the guest's (e.exitedAt): the guest reads the RTC at boot (whole
+        // seconds) and drifts under TCG, so its time can be a second off. containerd stamps the
+        // start on the host, and CRI showed finishedAt before startedAt. Kata does the same.
+        exit = { status: e.exitStatus, at: new Date() };
       } catch (err) {
         if (this.closing.signal.aborted || p.exit) return;
         // The agent connection broke: the VM died (SIGKILL-like) or the agent did.
@@ -401,7 +422,16 @@ export class Pod {
       this.containers.delete(id);
       await this.events.delete({ containerId: id, pid, exitStatus, exitedAt });
       this.log.info({ container: id, exitStatus }, 'container deleted');
-      if (this.isEmpty) void this.stopSandbox();
+      if (this.isEmpty) {
+        // The VM in a network namespace that someone else owns (CRI/CNI): leave it (VM, tap, filters)
+        // before this Delete answers. containerd's CRI tears the pod network down (CNI DEL) and
+        // removes the namespace right after the sandbox container's Delete; a VM stopping in the
+        // background would race it (QEMU still in the namespace during CNI DEL, our tap detach
+        // finding the namespace gone). Otherwise (ctr run) the VM stops in the background and
+        // Shutdown waits for it.
+        if (this.sandboxNetns !== undefined) await this.stopSandbox();
+        else void this.stopSandbox();
+      }
       return { pid, exitStatus, exitedAt };
     });
   }

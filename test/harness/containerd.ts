@@ -75,6 +75,17 @@ export interface ContainerdOptions {
   baseDir?: string;
   /** How long to wait for the sockets (default 20 s). */
   startTimeoutMs?: number;
+  /**
+   * Run containerd (and so the CNI plugins it calls, its shims and their
+   * children) in this network namespace: a name under /var/run/netns or an
+   * absolute path to a netns file. containerd is started as
+   * `nsenter --net=<path> -- containerd …` (nsenter with only --net setns()es
+   * and execs: same pid, same mount namespace, so mounts, sockets and pids are
+   * seen as without it). The namespace must exist and is the caller's to
+   * remove. Unix sockets are not bound to a network namespace: ctr and the
+   * CRI client work from the caller's namespace.
+   */
+  netns?: string;
 }
 
 export interface CtrOptions {
@@ -464,6 +475,7 @@ class Instance implements Containerd {
   private exited: Promise<void> = Promise.resolve();
   private readonly env: NodeJS.ProcessEnv;
   private readonly startTimeoutMs: number;
+  private readonly netnsPath: string | undefined;
   private readonly ctrs = new Set<ChildProcess>();
   /** (namespace, id) of every shim we have seen, for socket cleanup. */
   private readonly shimIds = new Map<string, { ns: string; id: string }>();
@@ -481,6 +493,7 @@ class Instance implements Containerd {
     this.namespace = namespace;
     this.snapshotter = snapshotter;
     this.startTimeoutMs = opts.startTimeoutMs ?? 20_000;
+    this.netnsPath = opts.netns === undefined ? undefined : opts.netns.startsWith('/') ? opts.netns : join('/var/run/netns', opts.netns);
     // Hermetic by default: our shim's run root under the temp dir, whatever the caller's environment says.
     const env: NodeJS.ProcessEnv = { ...process.env, KATA_TS_RUN_ROOT: join(l.dir, 'kata'), ...(opts.env ?? {}) };
     this.kataRunRoot = env.KATA_TS_RUN_ROOT!;
@@ -506,7 +519,12 @@ class Instance implements Containerd {
     writeFileSync(fd, `\n===== harness: starting containerd at ${new Date().toISOString()} =====\n`);
     let child: ChildProcess;
     try {
-      child = spawn('containerd', ['--config', this.configPath], { stdio: ['ignore', fd, fd], env: this.env });
+      if (this.netnsPath !== undefined && !existsSync(this.netnsPath)) {
+        throw new Error(`harness: network namespace ${this.netnsPath} does not exist`);
+      }
+      child = this.netnsPath === undefined
+        ? spawn('containerd', ['--config', this.configPath], { stdio: ['ignore', fd, fd], env: this.env })
+        : spawn('nsenter', [`--net=${this.netnsPath}`, '--', 'containerd', '--config', this.configPath], { stdio: ['ignore', fd, fd], env: this.env });
     } finally {
       closeSync(fd);
     }

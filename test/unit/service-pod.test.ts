@@ -178,3 +178,93 @@ describe('Pod with a fake VM', () => {
     await expectCode(pod.stats('nope'), Code.NOT_FOUND);
   });
 });
+
+describe('Pod whose VM runs in a network namespace (a CRI pod), with a fake VM', () => {
+  let dir: string;
+  let bundle: string;
+  let pod: Pod;
+  const agent = new FakeAgent();
+  const sandboxes: Array<{ stopCalls: number; release: () => void; die: () => void }> = [];
+  let netnsAsked: string | undefined;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'kata-pod-net-'));
+    bundle = join(dir, 'bundle');
+    mkdirSync(join(bundle, 'rootfs'), { recursive: true });
+    writeFileSync(join(bundle, 'config.json'), JSON.stringify({
+      process: { args: ['sh'] }, root: { path: 'rootfs' },
+      linux: { namespaces: [{ type: 'network', path: '/var/run/netns/cni-test' }] },
+    }));
+    pod = new Pod({
+      podId: 'p1',
+      namespace: 'ns',
+      logger: silentLogger(),
+      events: { publish: async () => {} },
+      sandboxFactory: async ({ netnsPath }) => {
+        netnsAsked = netnsPath;
+        const shared = join(dir, `shared-${sandboxes.length}`);
+        mkdirSync(shared);
+        let release!: () => void;
+        const released = new Promise<void>((r) => { release = r; });
+        let die!: () => void;
+        const exited = new Promise<void>((r) => { die = r; });
+        const rec = { stopCalls: 0, release, die };
+        sandboxes.push(rec);
+        // stop() completes only when the test releases it: shows who waits for it.
+        const sb: PodSandbox = {
+          agent: agent as unknown as AgentClient, vmPid: 4242, sharedDir: shared, guestSharedDir: '/run/shared',
+          exited, stop: async () => { rec.stopCalls++; await released; },
+        };
+        return sb;
+      },
+    });
+  });
+  after(async () => {
+    for (const s of sandboxes) s.release();
+    await pod.close();
+    assert.deepEqual(mountsUnder(dir), []);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const io = { stdin: '', stdout: '', stderr: '', terminal: false };
+
+  it('exit times are the host\'s, not the guest\'s (whose clock may be off)', async () => {
+    await pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '' });
+    assert.equal(netnsAsked, '/var/run/netns/cni-test', 'the VM is asked for in the spec\'s netns');
+    await pod.start('c1', '');
+    const t0 = Date.now();
+    const w = pod.wait('c1', '');
+    agent.exitOf('c1').resolve({ exitStatus: 3, exitedAt: new Date(t0 - 5_000) });
+    const e = await w;
+    assert.equal(e.status, 3);
+    assert.ok(e.at.getTime() >= t0 && e.at.getTime() <= Date.now(), `exit at ${e.at.toISOString()}, host time ${new Date(t0).toISOString()}`);
+  });
+
+  it('the last Delete answers only once the VM (and its tap) is stopped', async () => {
+    let answered = false;
+    const del = pod.delete('c1', '').then((r) => { answered = true; return r; });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(sandboxes[0]!.stopCalls, 1, 'the VM is being stopped');
+    assert.equal(answered, false, 'Delete waits for the stop');
+    sandboxes[0]!.release();
+    assert.equal((await del).exitStatus, 3);
+  });
+
+  it('a VM that dies is stopped (cleaned up) at once; its processes end 137; the last Delete waits for that cleanup', async () => {
+    await pod.create({ id: 'c2', bundle, rootfs: [], stdio: io, checkpoint: '' });
+    assert.equal(sandboxes.length, 2, 'a new VM after the last one stopped');
+    await pod.start('c2', '');
+    const w = pod.wait('c2', '');
+    sandboxes[1]!.die();
+    assert.equal((await w).status, 137);
+    assert.equal(sandboxes[1]!.stopCalls, 1, 'the dead VM\'s cleanup started');
+    let answered = false;
+    const del = pod.delete('c2', '').then(() => { answered = true; });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(answered, false, 'Delete waits for the dead VM\'s cleanup');
+    sandboxes[1]!.release();
+    await del;
+    assert.equal(sandboxes[1]!.stopCalls, 1, 'stopped once');
+    assert.equal(pod.isEmpty, true);
+  });
+});
