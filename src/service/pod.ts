@@ -295,6 +295,28 @@ export class Pod {
     };
   }
 
+  /** What the pod holds, for the shim's debug dump (SIGUSR1). */
+  debugState(): Record<string, unknown> {
+    return {
+      pod: this.opts.podId,
+      vmPid: this.vmPid,
+      vmBooting: this.sandboxPromise !== undefined && this.sandboxValue === undefined,
+      stopping: this.stopping !== undefined,
+      closing: this.closing.signal.aborted,
+      pendingCreates: [...this.pending],
+      queuedExits: this.exits.length,
+      containers: [...this.containers.values()].map((c) => ({
+        id: c.id,
+        bundle: c.bundle,
+        paused: c.paused,
+        processes: c.processes().map((p) => ({
+          id: p.id, state: p.state, starting: p.starting, guestPid: p.guestPid, exit: p.exit,
+          stdio: p.stdio, io: p.io !== undefined,
+        })),
+      })),
+    };
+  }
+
   // ---------------------------------------------------------------- Task API
 
   async create(req: CreateRequest, signal?: AbortSignal): Promise<number> {

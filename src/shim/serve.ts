@@ -5,7 +5,7 @@
  * the pod dir. It survives containerd: it ignores SIGHUP/SIGPIPE, and its
  * events wait in the queue while containerd is away.
  */
-import { existsSync, fstatSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import { createEventPublisher, EventQueue } from '../events/index.js';
 import { Pod } from '../service/pod.js';
 import { TASK_SERVICE, taskServiceHandlers } from '../service/task-service.js';
@@ -95,6 +95,12 @@ export async function serve(flags: ShimFlags): Promise<void> {
     throw err;
   }
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  // `kill -USR1 <shim pid>`: what the pod holds, into the shim log (containerd's log).
+  process.on('SIGUSR1', () => {
+    const mem = process.memoryUsage();
+    log.info({ dump: pod.debugState(), events: { pending: queue.pending, waiting: queue.waiting }, rss: mem.rss, heapUsed: mem.heapUsed,
+      fds: (() => { try { return readdirSync('/proc/self/fd').length; } catch { return -1; } })() }, 'debug dump');
+  });
   process.on('SIGINT', () => void shutdown('SIGINT'));
   log.info({ socket: paths.socket, bundle }, 'shim serving');
   tellStarter('OK\n');

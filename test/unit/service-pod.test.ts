@@ -117,6 +117,9 @@ describe('Pod with a fake VM', () => {
     assert.equal((spec['root'] as Record<string, unknown>)['path'], '/run/shared/c1/rootfs');
     await expectCode(pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '' }), Code.ALREADY_EXISTS);
     assert.equal(pod.state('c1', '').status, TaskStatus.CREATED);
+    const dump = pod.debugState() as { vmPid: number; containers: Array<{ id: string; processes: Array<{ id: string; state: string }> }> };
+    assert.equal(dump.vmPid, 4242);
+    assert.deepEqual(dump.containers.map((c) => [c.id, c.processes.map((p) => `${p.id}:${p.state}`)]), [['c1', ['c1:created']]]);
     await expectCode(pod.exec({ id: 'c1', execId: 'e1', stdio: io, spec: undefined }), Code.FAILED_PRECONDITION, /created/);
 
     assert.equal(await pod.start('c1', ''), 4242);
