@@ -7,15 +7,30 @@
  * the namespace with the tap as its NIC, and the agent gives the guest NIC
  * the pod's addresses and routes. What was made on the host is recorded in
  * `<pod dir>/network.json` before each step, for `delete` after a crash.
+ *
+ * The VM's shape comes from configuration.toml (src/config; found through
+ * KATA_CONF_FILE, /etc/kata-containers/configuration.toml, the project
+ * default), read once when the serving shim starts: vCPUs, memory, machine
+ * type, accelerator, kernel params, agent dial timeout, network model, and
+ * the guest files. With no operator file (the project default is in use) the
+ * guest image stays $KATA_TS_GUEST_DIR (bin/containerd-shim-kata-v2 sets it);
+ * with one, its kernel/initrd/image are used and the image's other files
+ * (cmdline, manifest, bare initrd) are taken from the kernel's directory.
+ * Settings SandboxVm cannot honour yet (another QEMU or virtiofsd binary,
+ * shared_fs other than virtio-fs, virtio_fs_cache other than auto) refuse
+ * the pod rather than being ignored. An invalid file fails the pod's first
+ * Create with the validation error.
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
+import { FailedPreconditionError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import {
   attachTap, DEFAULT_TAP_NAME, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState,
 } from '../network/index.js';
-import { loadGuestImage, SandboxVm } from '../sandbox/index.js';
+import { loadGuestImage, SandboxVm, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
 export const NETWORK_STATE_FILE = 'network.json';
@@ -45,9 +60,70 @@ export async function cleanupNetworkState(dir: string, logger: Logger): Promise<
   }
 }
 
+/** What of the configuration the pod VM uses: its SandboxVm options and whether it joins the pod network. */
+export interface PodVmSettings {
+  image: GuestImage;
+  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'readyTimeoutMs'>;
+  network: boolean;
+}
+
+const DEFAULT_QEMU = '/usr/bin/qemu-system-x86_64';
+const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+
+/** Maps the config to the VM's settings; FAILED_PRECONDITION for what SandboxVm cannot do yet. */
+export function podVmSettings(cfg: KataConfig, env: NodeJS.ProcessEnv = process.env): PodVmSettings {
+  const q = cfg.hypervisor.qemu;
+  const unsupported = (key: string, v: string, want: string): never => {
+    throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] ${key} = ${JSON.stringify(v)} is not supported yet (supported: ${want})`);
+  };
+  if (q.path !== DEFAULT_QEMU) unsupported('path', q.path, DEFAULT_QEMU);
+  if (q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD) unsupported('virtio_fs_daemon', q.virtio_fs_daemon, DEFAULT_VIRTIOFSD);
+  if (q.shared_fs !== 'virtio-fs') unsupported('shared_fs', q.shared_fs, 'virtio-fs');
+  if (q.virtio_fs_cache !== 'auto') unsupported('virtio_fs_cache', q.virtio_fs_cache, 'auto');
+  let image: GuestImage;
+  if (cfg.source === 'default') {
+    image = loadGuestImage(guestImageDir(env));
+  } else {
+    const base = loadGuestImage(dirname(q.kernel));
+    image = {
+      ...base,
+      ...(q.machine_type === 'microvm' ? { vmlinux: q.kernel } : { bzImage: q.kernel }),
+      initrd: q.initrd,
+      rootfs: q.image,
+    };
+    for (const f of [q.kernel, q.initrd, q.image]) {
+      if (!existsSync(f)) throw new FailedPreconditionError(`config ${cfg.file}: ${f} does not exist`);
+    }
+  }
+  return {
+    image,
+    vm: {
+      resources: { vcpus: q.default_vcpus, memoryMiB: q.default_memory },
+      machine: q.machine_type,
+      accel: q.machine_accelerators,
+      kernelParams: kernelParamWords(cfg),
+      readyTimeoutMs: cfg.agent.kata.dial_timeout * 1000,
+    },
+    network: cfg.runtime.internetworking_model === 'tcfilter',
+  };
+}
+
 export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory {
-  return async ({ podId, netnsPath, signal }) => {
-    const image = loadGuestImage(guestImageDir());
+  // Read and validated once, when the serving shim starts; the file in use is logged.
+  let cfg: KataConfig | undefined;
+  let cfgErr: unknown;
+  try {
+    cfg = loadConfig();
+    logger.info({ config: cfg.file, source: cfg.source }, 'configuration');
+  } catch (err) {
+    cfgErr = err;
+    logger.error({ err }, 'configuration invalid: pods will be refused');
+  }
+  return async ({ podId, netnsPath: podNetns, signal }) => {
+    if (!cfg) throw cfgErr;
+    const settings = podVmSettings(cfg);
+    const image = settings.image;
+    const netnsPath = settings.network ? podNetns : undefined;
     let tap: TapState | undefined;
     const undoNetwork = async (): Promise<void> => {
       if (!tap) return;
@@ -64,7 +140,7 @@ export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory 
         writeNetworkState(dir, tap);
       }
       s = await SandboxVm.start({
-        sandboxId: podId, dir, image, logger,
+        sandboxId: podId, dir, image, logger, ...settings.vm,
         ...(signal ? { signal } : {}),
         ...(netnsPath && tap && net ? { netns: netnsPath, network: { tapName: tap.tap, mac: net.iface.mac, mtu: net.iface.mtu } } : {}),
       });

@@ -1,0 +1,203 @@
+/**
+ * kata-ts-runtime: the operator's companion CLI of containerd-shim-kata-v2,
+ * in the manner of `kata-runtime`.
+ *
+ *   kata-ts-runtime check [--json] [--config FILE]   can this host run pods, and why not
+ *   kata-ts-runtime env   [--json] [--config FILE]   effective configuration + versions
+ *
+ * The config is found as the shim finds it (src/config: --config, then
+ * KATA_CONF_FILE, /etc/kata-containers/configuration.toml, the project
+ * default). `check` exits 0 only when a pod can run.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'smol-toml';
+import { configData, loadConfig, type KataConfig } from '../config/index.js';
+import {
+  bootProbe, probeCgroup2, probeContainerd, probeDevice, probeGuestFiles, probeMirred, probeQemu, probeVirtiofsd, qemuVersion,
+  type ProbeLine,
+} from './probes.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+const USAGE = `usage: kata-ts-runtime <command> [--json] [--config FILE]
+
+commands:
+  check   probe this host (KVM, TCG, vsock, tun, tc mirred, virtiofsd, guest image,
+          containerd, cgroup v2); exit 0 only when a pod can run
+  env     print the effective configuration and versions (TOML, or JSON with --json)
+`;
+
+interface Args {
+  cmd: string;
+  json: boolean;
+  config?: string;
+}
+
+class UsageError extends Error {}
+
+function parseArgs(argv: readonly string[]): Args {
+  let cmd: string | undefined;
+  let json = false;
+  let config: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--json') json = true;
+    else if (a === '--config') {
+      config = argv[++i];
+      if (!config) throw new UsageError('--config needs a file');
+    } else if (a.startsWith('--config=')) config = a.slice('--config='.length);
+    else if (a === '-h' || a === '--help' || a === 'help') cmd = 'help';
+    else if (!a.startsWith('-') && cmd === undefined) cmd = a;
+    else throw new UsageError(`unexpected argument ${a}`);
+  }
+  if (!cmd) throw new UsageError('no command');
+  return { cmd, json, ...(config ? { config } : {}) };
+}
+
+function shimVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(resolve(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+function guestManifest(cfg: KataConfig): Record<string, unknown> | undefined {
+  try {
+    return JSON.parse(readFileSync(resolve(dirname(cfg.hypervisor.qemu.kernel), 'manifest.json'), 'utf8')) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface CheckReport {
+  config: string | undefined;
+  canRunPods: boolean;
+  accelerator: 'kvm' | 'tcg' | undefined;
+  verdict: string;
+  probes: ProbeLine[];
+}
+
+export async function check(configPath: string | undefined): Promise<CheckReport> {
+  let cfg: KataConfig;
+  try {
+    cfg = loadConfig({ explicit: configPath });
+  } catch (err) {
+    const line: ProbeLine = { name: 'config', status: 'fail', detail: (err as Error).message, required: true };
+    return { config: configPath, canRunPods: false, accelerator: undefined, verdict: 'no pod can run: the configuration is invalid', probes: [line] };
+  }
+  const q = cfg.hypervisor.qemu;
+  const tcfilter = cfg.runtime.internetworking_model === 'tcfilter';
+  const [qemu, kvm, tcg, mirred, vfsd, ctrd] = await Promise.all([
+    probeQemu(cfg),
+    q.machine_accelerators === 'tcg' ? Promise.resolve<ProbeLine>({ name: 'KVM', status: 'warn', detail: 'not probed (machine_accelerators = "tcg")', required: false }) : bootProbe(cfg, 'kvm'),
+    q.machine_accelerators === 'kvm' ? Promise.resolve<ProbeLine>({ name: 'TCG', status: 'warn', detail: 'not probed (machine_accelerators = "kvm")', required: false }) : bootProbe(cfg, 'tcg'),
+    probeMirred(tcfilter),
+    probeVirtiofsd(cfg),
+    probeContainerd(),
+  ]);
+  const probes: ProbeLine[] = [
+    { name: 'config', status: 'ok', detail: `${cfg.file} (${cfg.source})`, required: true },
+    qemu,
+    ...probeGuestFiles(cfg),
+    kvm,
+    tcg,
+    probeDevice('/dev/vhost-vsock', false, 'vsock agent transport; the agent uses virtio-serial without it'),
+    probeDevice('/dev/net/tun', tcfilter, 'pod network tap'),
+    mirred,
+    vfsd,
+    ctrd,
+    probeCgroup2(),
+  ];
+  let accelerator: 'kvm' | 'tcg' | undefined;
+  if (kvm.status === 'ok' && q.machine_accelerators !== 'tcg') accelerator = 'kvm';
+  else if (tcg.status === 'ok' && q.machine_accelerators !== 'kvm') accelerator = 'tcg';
+  // With `auto`, either accelerator will do: KVM failing is only a warning then.
+  if (q.machine_accelerators === 'auto') {
+    if (kvm.status === 'fail' && accelerator) kvm.status = 'warn';
+  }
+  const blocking = probes.filter((p) => p.required && p.status === 'fail');
+  const canRunPods = blocking.length === 0 && accelerator !== undefined;
+  const verdict = canRunPods
+    ? `a pod can run: accelerator ${accelerator}${accelerator === 'tcg' ? ' (software emulation: slower boot and CPU)' : ''}`
+    : `no pod can run: ${[...blocking.map((p) => `${p.name}: ${p.detail}`), ...(accelerator ? [] : ['neither KVM nor TCG usable'])].join('; ')}`;
+  return { config: cfg.file, canRunPods, accelerator, verdict, probes };
+}
+
+function printCheck(r: CheckReport): void {
+  const tag = { ok: 'ok  ', warn: 'warn', fail: 'FAIL' } as const;
+  const w = Math.max(...r.probes.map((p) => p.name.length));
+  const lines = r.probes.map((p) => `  ${tag[p.status]}  ${p.name.padEnd(w)}  ${p.detail}`);
+  process.stdout.write(`${lines.join('\n')}\n${r.verdict}\n`);
+}
+
+export async function env(configPath: string | undefined): Promise<Record<string, unknown>> {
+  const cfg = loadConfig({ explicit: configPath });
+  const manifest = guestManifest(cfg);
+  const kernel = manifest?.['kernel'] as { release?: string; packageVersion?: string } | undefined;
+  return {
+    meta: { version: shimVersion(), node: process.version, config: cfg.file, config_source: cfg.source },
+    versions: {
+      shim: shimVersion(),
+      qemu: (await qemuVersion(cfg)) ?? 'unavailable',
+      guest_kernel: kernel?.release ?? 'unknown (no manifest.json next to the kernel)',
+      guest_image_hash: typeof manifest?.['hash'] === 'string' ? manifest['hash'] : 'unknown',
+      // The agent ships inside the guest image, built from this checkout.
+      agent: shimVersion(),
+    },
+    paths: {
+      shim: resolve(ROOT, 'bin/containerd-shim-kata-v2'),
+      qemu: cfg.hypervisor.qemu.path,
+      kernel: cfg.hypervisor.qemu.kernel,
+      initrd: cfg.hypervisor.qemu.initrd,
+      image: cfg.hypervisor.qemu.image,
+      virtiofsd: cfg.hypervisor.qemu.virtio_fs_daemon,
+    },
+    ...configData(cfg),
+  };
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let args: Args;
+  try {
+    args = parseArgs(argv);
+  } catch (err) {
+    process.stderr.write(`kata-ts-runtime: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  switch (args.cmd) {
+    case 'help':
+      process.stdout.write(USAGE);
+      return 0;
+    case 'check': {
+      const r = await check(args.config);
+      if (args.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+      else printCheck(r);
+      return r.canRunPods ? 0 : 1;
+    }
+    case 'env': {
+      try {
+        const e = await env(args.config);
+        process.stdout.write(args.json ? `${JSON.stringify(e, null, 2)}\n` : `${stringify(e)}\n`);
+        return 0;
+      } catch (err) {
+        process.stderr.write(`kata-ts-runtime env: ${(err as Error).message}\n`);
+        return 1;
+      }
+    }
+    default:
+      process.stderr.write(`kata-ts-runtime: unknown command ${args.cmd}\n${USAGE}`);
+      return 2;
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  }, (err: unknown) => {
+    process.stderr.write(`kata-ts-runtime: ${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  });
+}

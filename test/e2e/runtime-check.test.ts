@@ -1,0 +1,125 @@
+/**
+ * `kata-ts-runtime check` and `env` on this host, through bin/kata-ts-runtime:
+ * the real probes (KVM boot probe, TCG boot, devices, tc mirred in a scratch
+ * netns, virtiofsd start), and a broken config (missing kernel) that must
+ * make check fail naming the path.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const BIN = join(ROOT, 'bin/kata-ts-runtime');
+const DEFAULT_CONFIG = join(ROOT, 'config/configuration.toml');
+
+interface Out { code: number | null; stdout: string; stderr: string }
+
+function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Out> {
+  return new Promise((res, rej) => {
+    const e = { ...process.env, ...env };
+    delete e['KATA_CONF_FILE'];
+    Object.assign(e, env);
+    const c = spawn(BIN, args, { env: e, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    c.once('error', rej);
+    c.once('close', (code) => res({ code, stdout, stderr }));
+  });
+}
+
+interface Line { name: string; status: string; detail: string }
+function line(probes: Line[], name: string): Line {
+  const l = probes.find((p) => p.name === name);
+  assert.ok(l, `no ${name} line in ${JSON.stringify(probes)}`);
+  return l;
+}
+
+test('check on this host: a pod can run (TCG at least)', { timeout: 180_000 }, async () => {
+  const r = await cli(['check', '--json', '--config', DEFAULT_CONFIG]);
+  const what = `exit ${r.code}\n${r.stdout}\n${r.stderr}`;
+  const rep = JSON.parse(r.stdout) as { canRunPods: boolean; accelerator: string; verdict: string; probes: Line[] };
+  assert.equal(r.code, 0, what);
+  assert.equal(rep.canRunPods, true, what);
+  const kvm = line(rep.probes, 'KVM');
+  if (rep.accelerator === 'tcg') {
+    // This machine: /dev/kvm exists but the probe guest dies; the reason is QEMU's.
+    assert.equal(kvm.status, 'warn', what);
+    assert.match(kvm.detail, /^unusable: .{10,}/, what);
+  } else {
+    assert.equal(kvm.status, 'ok', what);
+  }
+  const tcg = line(rep.probes, 'TCG');
+  assert.equal(tcg.status, 'ok', what);
+  assert.match(tcg.detail, /reached userspace in \d+ ms/);
+  assert.equal(line(rep.probes, '/dev/vhost-vsock').status, existsSync('/dev/vhost-vsock') ? 'ok' : 'warn', what);
+  assert.equal(line(rep.probes, '/dev/net/tun').status, 'ok', what);
+  assert.equal(line(rep.probes, 'tc mirred').status, 'ok', what);
+  assert.equal(line(rep.probes, 'virtiofsd').status, 'ok', what);
+  for (const n of ['guest kernel', 'guest initrd', 'guest image', 'QEMU', 'config']) assert.equal(line(rep.probes, n).status, 'ok', `${n}: ${what}`);
+  assert.ok(line(rep.probes, 'containerd').detail.length > 0);
+  assert.ok(line(rep.probes, 'cgroup v2').detail.length > 0);
+
+  // The screen form says the same.
+  const s = await cli(['check', '--config', DEFAULT_CONFIG]);
+  assert.equal(s.code, 0, s.stdout + s.stderr);
+  assert.match(s.stdout, /^ {2}ok {4}TCG /m);
+  assert.match(s.stdout, /^a pod can run: accelerator (kvm|tcg)/m);
+});
+
+test('check with a missing kernel fails naming the path (config from KATA_CONF_FILE)', { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kata-check-'));
+  try {
+    const missing = join(dir, 'no-such-vmlinux');
+    const conf = join(dir, 'configuration.toml');
+    writeFileSync(conf, readFileSync(DEFAULT_CONFIG, 'utf8')
+      .replace(/^kernel = .*$/m, `kernel = ${JSON.stringify(missing)}`)
+      .replace(/^initrd = .*$/m, `initrd = ${JSON.stringify(join(ROOT, 'build/guest/initrd.img'))}`)
+      .replace(/^image = .*$/m, `image = ${JSON.stringify(join(ROOT, 'build/guest/rootfs.img'))}`));
+    const r = await cli(['check'], { KATA_CONF_FILE: conf });
+    assert.notEqual(r.code, 0, r.stdout);
+    assert.match(r.stdout, new RegExp(`FAIL +guest kernel +${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: missing`), r.stdout);
+    assert.match(r.stdout, /^no pod can run: .*no-such-vmlinux/m, r.stdout);
+    assert.match(r.stdout, new RegExp(`config +${conf.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} \\(KATA_CONF_FILE\\)`), r.stdout);
+
+    // An invalid file: check fails at the config line, naming file, key and allowed values.
+    writeFileSync(conf, '[hypervisor.qemu]\nkernel = "/k"\ninitrd = "/i"\nimage = "/r"\nmachine_type = "pc"\n');
+    const b = await cli(['check', '--json'], { KATA_CONF_FILE: conf });
+    assert.equal(b.code, 1, b.stdout);
+    const rep = JSON.parse(b.stdout) as { canRunPods: boolean; probes: Line[] };
+    assert.equal(rep.canRunPods, false);
+    assert.match(line(rep.probes, 'config').detail, /configuration\.toml: \[hypervisor\.qemu\] machine_type: "pc" is not allowed \(allowed: microvm, q35\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('env prints the effective config and versions as TOML and JSON', { timeout: 60_000 }, async () => {
+  const j = await cli(['env', '--json', '--config', DEFAULT_CONFIG]);
+  assert.equal(j.code, 0, j.stderr);
+  const e = JSON.parse(j.stdout) as {
+    meta: { config: string; config_source: string };
+    versions: { qemu: string; guest_kernel: string; shim: string };
+    hypervisor: { qemu: { default_memory: number; kernel: string } };
+  };
+  assert.equal(e.meta.config, DEFAULT_CONFIG);
+  assert.equal(e.meta.config_source, 'explicit');
+  assert.match(e.versions.qemu, /^\d+\.\d+/);
+  const manifest = JSON.parse(readFileSync(join(ROOT, 'build/guest/manifest.json'), 'utf8')) as { kernel: { release: string } };
+  assert.equal(e.versions.guest_kernel, manifest.kernel.release);
+  assert.equal(e.hypervisor.qemu.default_memory, 256);
+  assert.equal(e.hypervisor.qemu.kernel, join(ROOT, 'build/guest/vmlinux'));
+  const t = await cli(['env', '--config', DEFAULT_CONFIG]);
+  assert.equal(t.code, 0, t.stderr);
+  assert.match(t.stdout, /^\[hypervisor\.qemu\]$/m);
+  assert.match(t.stdout, /^default_memory = 256$/m);
+  assert.match(t.stdout, /^guest_kernel = "/m);
+  const bad = await cli(['env'], { KATA_CONF_FILE: '/nonexistent/kata.toml' });
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /\/nonexistent\/kata\.toml \(KATA_CONF_FILE\): no such file/);
+});
