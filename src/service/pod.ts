@@ -63,6 +63,8 @@ export type SandboxFactory = (req: {
   podId: string;
   /** The pod's network namespace (CRI/CNI made it), from the first container's spec; the VM joins it. */
   netnsPath?: string;
+  /** The first container's OCI annotations (the pod's: io.katacontainers.config.* may shape its VM). */
+  annotations?: Record<string, string>;
   signal?: AbortSignal;
 }) => Promise<PodSandbox>;
 
@@ -170,13 +172,15 @@ export class Pod {
 
   // ---------------------------------------------------------------- the VM
 
-  private sandbox(signal?: AbortSignal, netnsPath?: string): Promise<PodSandbox> {
+  private sandbox(signal?: AbortSignal, netnsPath?: string, annotations?: Record<string, string>): Promise<PodSandbox> {
     if (this.closing.signal.aborted) return Promise.reject(new FailedPreconditionError(`pod ${this.opts.podId}: the shim is shutting down`));
     if (!this.sandboxPromise) {
       const started = Date.now();
       const p = (async () => {
         if (this.stopping) await this.stopping;
-        const sb = await this.opts.sandboxFactory({ podId: this.opts.podId, ...(netnsPath ? { netnsPath } : {}), ...(signal ? { signal } : {}) });
+        const sb = await this.opts.sandboxFactory({
+          podId: this.opts.podId, ...(netnsPath ? { netnsPath } : {}), ...(annotations ? { annotations } : {}), ...(signal ? { signal } : {}),
+        });
         this.sandboxValue = sb;
         this.sandboxNetns = netnsPath;
         this.log.info({ vmPid: sb.vmPid, ms: Date.now() - started }, 'pod VM ready');
@@ -330,7 +334,7 @@ export class Pod {
     try {
       const io = await ProcessIo.open(req.stdio, { containerId: req.id, namespace: this.opts.namespace, logger: this.log });
       undo.push(() => io.close(IO_CLOSE_TIMEOUT_MS));
-      const sb = await this.sandbox(signal, networkNamespacePath(hostSpec));
+      const sb = await this.sandbox(signal, networkNamespacePath(hostSpec), specAnnotations(hostSpec));
       const hostDir = join(sb.sharedDir, req.id);
       const guestDir = posix.join(sb.guestSharedDir, req.id);
       const pause = req.id === this.opts.podId ? undefined : this.containers.get(this.opts.podId)?.init;
@@ -565,6 +569,13 @@ export class Pod {
     })();
     return this.closed;
   }
+}
+
+/** A spec's string annotations. */
+export function specAnnotations(spec: unknown): Record<string, string> {
+  const a = (spec as { annotations?: unknown } | null)?.annotations;
+  if (typeof a !== 'object' || a === null) return {};
+  return Object.fromEntries(Object.entries(a).filter((e): e is [string, string] => typeof e[1] === 'string'));
 }
 
 /** The network namespace path a spec names (CRI's pod netns), if any. */

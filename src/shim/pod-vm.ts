@@ -24,7 +24,7 @@
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
+import { applyAnnotations, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import {
@@ -113,15 +113,17 @@ export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory 
   let cfg: KataConfig | undefined;
   let cfgErr: unknown;
   try {
-    cfg = loadConfig();
+    // containerd's runtime option ConfigPath (handed over by `start`) comes first.
+    cfg = loadConfig({ explicit: process.env['KATA_TS_CONFIG_PATH'] });
     logger.info({ config: cfg.file, source: cfg.source }, 'configuration');
   } catch (err) {
     cfgErr = err;
     logger.error({ err }, 'configuration invalid: pods will be refused');
   }
-  return async ({ podId, netnsPath: podNetns, signal }) => {
+  return async ({ podId, netnsPath: podNetns, annotations, signal }) => {
     if (!cfg) throw cfgErr;
-    const settings = podVmSettings(cfg);
+    // io.katacontainers.config.hypervisor.* of the pod: only keys in enable_annotations, paths only from valid_*_paths.
+    const settings = podVmSettings(applyAnnotations(cfg, annotations));
     const image = settings.image;
     const netnsPath = settings.network ? podNetns : undefined;
     let tap: TapState | undefined;

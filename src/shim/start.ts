@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../log/index.js';
+import { google, runtimeoptions } from '../proto/gen/containerd.js';
 import { cleanupPodDir, socketAlive } from './cleanup.js';
 import { serveArgs, type ShimFlags } from './flags.js';
 import { bundleAnnotations, podIdOf, podPaths, runRoot } from './pod-paths.js';
@@ -32,6 +33,26 @@ async function drainStdin(): Promise<Buffer> {
   });
   process.stdin.destroy();
   return Buffer.concat(chunks);
+}
+
+/** The env var through which `start` hands containerd's runtime option ConfigPath to the serving shim. */
+export const CONFIG_PATH_ENV = 'KATA_TS_CONFIG_PATH';
+
+/**
+ * containerd's runtime options (what `start` gets on stdin): CRI sends
+ * `runtimeoptions.v1.Options` with `config_path` (the runtime table's
+ * `options.ConfigPath`); anything else carries no config path for us.
+ */
+export function configPathFromOptions(raw: Uint8Array): string | undefined {
+  if (raw.length === 0) return undefined;
+  try {
+    const any = google.protobuf.Any.decode(raw);
+    if (!any.type_url.endsWith('runtimeoptions.v1.Options')) return undefined;
+    const p = runtimeoptions.v1.Options.decode(any.value).configPath;
+    return p || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Writes `<bundle>/address` atomically (containerd reads it after a restart). */
@@ -55,13 +76,13 @@ function serveNodeFlags(): string[] {
 }
 
 /** Spawns `<node> <main.js> <flags>` detached and waits for "OK" on its fd 3. */
-function spawnServer(flags: ShimFlags, bundle: string, mainScript: string): Promise<number> {
+function spawnServer(flags: ShimFlags, bundle: string, mainScript: string, configPath: string | undefined): Promise<number> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...serveNodeFlags(), mainScript, ...serveArgs(flags)], {
       cwd: bundle,
       detached: true,
       stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-      env: process.env,
+      env: configPath ? { ...process.env, [CONFIG_PATH_ENV]: configPath } : process.env,
     });
     const ready = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
     let text = '';
@@ -91,7 +112,7 @@ function spawnServer(flags: ShimFlags, bundle: string, mainScript: string): Prom
 }
 
 export async function startAction(flags: ShimFlags, mainScript: string, logger: Logger): Promise<string> {
-  await drainStdin();
+  const configPath = configPathFromOptions(await drainStdin());
   const bundle = process.cwd();
   const podId = podIdOf(flags.id, await bundleAnnotations(bundle));
   const paths = podPaths(runRoot(), flags.address, flags.namespace, podId);
@@ -101,8 +122,8 @@ export async function startAction(flags: ShimFlags, mainScript: string, logger: 
     if (stale.leftMounts.length > 0) throw new Error(`pod dir ${paths.dir} still has mounts: ${stale.leftMounts.join(', ')}`);
     mkdirSync(runRoot(), { recursive: true, mode: 0o711 });
     mkdirSync(paths.dir, { mode: 0o700 });
-    const pid = await spawnServer({ ...flags, id: podId }, bundle, mainScript);
-    logger.info({ pid, pod: podId, address: paths.address }, 'shim started');
+    const pid = await spawnServer({ ...flags, id: podId }, bundle, mainScript, configPath);
+    logger.info({ pid, pod: podId, address: paths.address, configPath }, 'shim started');
   }
   writeAddressFile(bundle, paths.address);
   return paths.address;

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parseShimArgs, serveArgs, UsageError } from '../../src/shim/flags.js';
 import { podIdOf, podPaths, runRoot, DEFAULT_RUN_ROOT } from '../../src/shim/pod-paths.js';
+import { configPathFromOptions } from '../../src/shim/start.js';
+import { containerd, google, runtimeoptions } from '../../src/proto/gen/containerd.js';
 
 describe('shim flags (containerd 1.6 argv)', () => {
   it('parses start as containerd writes it', () => {
@@ -53,5 +55,20 @@ describe('pod paths', () => {
     assert.equal(runRoot({}), DEFAULT_RUN_ROOT);
     assert.equal(runRoot({ KATA_TS_RUN_ROOT: '/tmp/x' }), '/tmp/x');
     assert.equal(runRoot({ KATA_TS_RUN_ROOT: 'rel' }), DEFAULT_RUN_ROOT);
+  });
+});
+
+describe('runtime options on start\'s stdin', () => {
+  const anyOf = (typeUrl: string, value: Uint8Array) => google.protobuf.Any.encode({ type_url: typeUrl, value }).finish();
+  it('CRI\'s runtimeoptions.v1.Options gives the ConfigPath', () => {
+    const v = runtimeoptions.v1.Options.encode({ typeUrl: '', configPath: '/etc/k/c.toml' }).finish();
+    assert.equal(configPathFromOptions(anyOf('runtimeoptions.v1.Options', v)), '/etc/k/c.toml');
+    assert.equal(configPathFromOptions(anyOf('type.googleapis.com/runtimeoptions.v1.Options', v)), '/etc/k/c.toml');
+  });
+  it('nothing, other options or garbage give none', () => {
+    assert.equal(configPathFromOptions(new Uint8Array()), undefined);
+    const runc = containerd.runc.v1.Options.encode({ binaryName: 'runc' }).finish();
+    assert.equal(configPathFromOptions(anyOf('containerd.runc.v1.Options', runc)), undefined);
+    assert.equal(configPathFromOptions(Buffer.from([0xff, 0xff, 0xff])), undefined);
   });
 });
