@@ -8,15 +8,13 @@
  * harness's unique namespace, so its teardown removes those cgroups too.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { BUSYBOX_IMAGE, PAUSE_IMAGE, busyboxImage, importImage, pauseImage, projectRoot } from '../harness/busybox.js';
+import { BUSYBOX_IMAGE, PAUSE_IMAGE, busyboxImage, importImage, pauseImage } from '../harness/busybox.js';
 import { mountsUnder, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
-import { run } from '../../src/cri-client/cli.js';
+import { crictlRunner, type CrictlResult } from '../harness/crictl.js';
 
-const BIN = join(projectRoot(), 'bin', 'kata-crictl');
 const ID = /^[0-9a-f]{64}$/;
 const CRI_LOG_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) [FP] /;
 
@@ -25,55 +23,9 @@ let work: string;
 let endpoint: string;
 const t0 = Date.now();
 
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
+type Result = CrictlResult;
 
-interface CrictlOptions {
-  env?: Record<string, string>;
-  /** Do not add `-r <our endpoint>`. */
-  raw?: boolean;
-  /** Run the shipped wrapper bin/kata-crictl (a new Node each time, ~0.3 s) instead of run() in this process. */
-  spawn?: boolean;
-  timeoutMs?: number;
-}
-
-/**
- * kata-crictl with `-r <our endpoint>` (unless `raw`), never throwing for a
- * non-zero exit. In-process runs go through the same run() from argv to exit
- * code as the binary, minus main.ts's wiring; the calls whose exit code,
- * output streams or start-up matter spawn the real wrapper.
- */
-async function crictl(args: string[], opts: CrictlOptions = {}): Promise<Result> {
-  const started = Date.now();
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  delete env.CONTAINER_RUNTIME_ENDPOINT;
-  delete env.IMAGE_SERVICE_ENDPOINT;
-  Object.assign(env, opts.env ?? {});
-  const argv = opts.raw ? args : ['-r', endpoint, ...args];
-  if (!opts.spawn) {
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    const code = await run(argv, { env, out: (d) => void out.push(Buffer.from(d)), err: (d) => void err.push(Buffer.from(d)) });
-    return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), ms: Date.now() - started };
-  }
-  const child = spawn(BIN, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout.on('data', (b: Buffer) => out.push(b));
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
-  return new Promise((res, rej) => {
-    child.once('error', rej);
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      res({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), ms: Date.now() - started });
-    });
-  });
-}
+const crictl = crictlRunner(() => endpoint, 60_000);
 
 function ok(r: Result, what: string): Result {
   assert.equal(r.code, 0, `${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n--- containerd log ---\n${c.logTail(30)}`);

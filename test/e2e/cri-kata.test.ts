@@ -36,19 +36,18 @@
  *   CRI_KATA_DEBUG=1 …   # containerd (and the shims) at debug level; its whole log copied to $TMPDIR/cri-kata-containerd.log
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { run } from '../../src/cri-client/cli.js';
+import { crictlRunner, type CrictlResult } from '../harness/crictl.js';
 import { BUSYBOX_IMAGE, importImage, pauseImage, busyboxImage, projectRoot } from '../harness/busybox.js';
 import { createTestNetwork, type TestNetwork } from '../harness/cni.js';
 import { allPids, mentionsPath, mountsUnder, pidAlive, procCmdline, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
 
-const BIN = join(projectRoot(), 'bin', 'kata-crictl');
 const ID = /^[0-9a-f]{64}$/;
 /** runp/create/start/stopp/rmp under TCG: generous. */
 const SLOW = ['--timeout', '120s'];
@@ -92,40 +91,10 @@ function holdNetns(path: string): string {
   return name;
 }
 
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
+type Result = CrictlResult;
 
 /** kata-crictl -r <ours> …; `spawn` runs the shipped wrapper (exit codes, streams), else run() in process. */
-async function crictl(args: string[], opts: { spawn?: boolean; timeoutMs?: number } = {}): Promise<Result> {
-  const started = Date.now();
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  delete env.CONTAINER_RUNTIME_ENDPOINT;
-  delete env.IMAGE_SERVICE_ENDPOINT;
-  const argv = ['-r', endpoint, ...args];
-  if (!opts.spawn) {
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    const code = await run(argv, { env, out: (d) => void out.push(Buffer.from(d)), err: (d) => void err.push(Buffer.from(d)) });
-    return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), ms: Date.now() - started };
-  }
-  const child = spawn(BIN, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout.on('data', (b: Buffer) => out.push(b));
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 300_000);
-  return new Promise((res, rej) => {
-    child.once('error', rej);
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      res({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), ms: Date.now() - started });
-    });
-  });
-}
+const crictl = crictlRunner(() => endpoint, 300_000);
 
 function ok(r: Result, what: string): Result {
   assert.equal(r.code, 0, `${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n--- containerd log ---\n${c.logTail(40)}`);
