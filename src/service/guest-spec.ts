@@ -109,6 +109,13 @@ export function guestSpec(hostSpec: unknown, guestContainerDir: string, opts: Gu
   return { spec, binds, dropped };
 }
 
+/** A spec's string annotations ({} when it has none). */
+export function specAnnotations(spec: unknown): Record<string, string> {
+  const a = (spec as { annotations?: unknown } | null)?.annotations;
+  if (typeof a !== 'object' || a === null) return {};
+  return Object.fromEntries(Object.entries(a).filter((e): e is [string, string] => typeof e[1] === 'string'));
+}
+
 /** An exec's OCI Process for the guest: host labels dropped. */
 export function guestProcess(process: unknown): Json {
   if (!isObj(process)) throw new InvalidArgumentError('spec: must be an OCI Process object');

@@ -27,7 +27,8 @@ import { ProcessIo, type ProcessStreams, type StdioConfig } from '../io/index.js
 import type { Logger } from '../log/index.js';
 import { BoundedChannel } from './channel.js';
 import { ShimContainer, TaskStatus } from './container.js';
-import { guestProcess, guestSpec } from './guest-spec.js';
+import { guestProcess, guestSpec, specAnnotations } from './guest-spec.js';
+import { checkId } from './ids.js';
 import { cgroupV2MetricsAny } from './metrics.js';
 import { ShimProcess, type ExitRecord } from './process.js';
 import { mountRootfs, mountSharedBinds, releaseContainerDir, type RootfsMount } from './rootfs.js';
@@ -102,12 +103,6 @@ export interface ProcessState {
   execId: string;
 }
 
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-
-export function checkId(field: string, v: string): void {
-  if (v === '') throw new InvalidArgumentError(`${field}: must not be empty`);
-  if (!ID_RE.test(v)) throw new InvalidArgumentError(`${field}: ${JSON.stringify(v)} is not a valid id (letters, digits, "_", ".", "-"; at most 128)`);
-}
 
 interface ExitItem {
   proc: ShimProcess;
@@ -569,13 +564,6 @@ export class Pod {
     })();
     return this.closed;
   }
-}
-
-/** A spec's string annotations. */
-export function specAnnotations(spec: unknown): Record<string, string> {
-  const a = (spec as { annotations?: unknown } | null)?.annotations;
-  if (typeof a !== 'object' || a === null) return {};
-  return Object.fromEntries(Object.entries(a).filter((e): e is [string, string] => typeof e[1] === 'string'));
 }
 
 /** The network namespace path a spec names (CRI's pod netns), if any. */

@@ -6,11 +6,10 @@
  * The shared dir is a shared mount (see src/vm/mounts.ts bindSelfShared), so
  * these mounts reach virtiofsd, and the guest, at once.
  */
-import { execFile } from 'node:child_process';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InternalError, InvalidArgumentError } from '../errors/index.js';
-import { mountsUnder, unmountTree, MOUNT_TIMEOUT_MS } from '../vm/index.js';
+import { mountsUnder, runMountCommand, unmountTree } from '../vm/index.js';
 import type { SharedBind } from './guest-spec.js';
 
 export interface RootfsMount {
@@ -20,14 +19,7 @@ export interface RootfsMount {
   options: string[];
 }
 
-function run(args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile('mount', args, { timeout: MOUNT_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, _o, stderr) => {
-      if (err) reject(new InternalError(`mount ${args.join(' ')}: ${String(stderr).trim() || err.message}`, { cause: err }));
-      else resolve();
-    });
-  });
-}
+const run = (args: string[]): Promise<void> => runMountCommand('mount', args);
 
 /** util-linux argv for one containerd Mount onto `target`. */
 export function mountArgv(m: RootfsMount, target: string): string[] {

@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import type { Logger } from '../log/index.js';
 import { cleanupFromState, mountsUnder, readStateFile, unmountTree } from '../vm/index.js';
 import { hasCode, Code } from '../errors/index.js';
+import { ID_PATTERN } from '../service/ids.js';
+import { releaseContainerDir } from '../service/rootfs.js';
 import { cleanupNetworkState } from './pod-vm.js';
 
 export interface PodCleanupReport {
@@ -61,9 +63,8 @@ export async function cleanupPodDir(dir: string, logger: Logger): Promise<PodCle
 
 /** One container's files in a dead pod's shared dir (its rootfs mount and shared files). */
 export async function cleanupContainerDir(podDir: string, containerId: string, logger: Logger): Promise<void> {
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(containerId)) return;
+  if (!ID_PATTERN.test(containerId)) return;
   const dir = join(podDir, 'shared', containerId);
   if (!existsSync(dir)) return;
-  await unmountTree(dir).catch((err: unknown) => logger.warn({ err, dir }, 'unmount of container dir failed'));
-  if (mountsUnder(dir).length === 0) rmSync(dir, { recursive: true, force: true });
+  await releaseContainerDir(dir).catch((err: unknown) => logger.warn({ err, dir }, 'releasing the container dir failed'));
 }

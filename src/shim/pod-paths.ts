@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { specAnnotations } from '../service/guest-spec.js';
 
 /** Default parent of the pod dirs; KATA_TS_RUN_ROOT overrides it (tests keep it in their temp dir). */
 export const DEFAULT_RUN_ROOT = '/run/kata-ts';
@@ -48,10 +49,7 @@ export function podPaths(root: string, containerdAddress: string, namespace: str
 
 /** The OCI annotations of the bundle's config.json ({} when it has none). */
 export async function bundleAnnotations(bundle: string): Promise<Record<string, string>> {
-  const spec = JSON.parse(await readFile(join(bundle, 'config.json'), 'utf8')) as { annotations?: unknown };
-  const a = spec.annotations;
-  if (typeof a !== 'object' || a === null) return {};
-  return Object.fromEntries(Object.entries(a).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  return specAnnotations(JSON.parse(await readFile(join(bundle, 'config.json'), 'utf8')));
 }
 
 /** The pod a container belongs to, from its annotations. */

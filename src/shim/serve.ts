@@ -25,7 +25,8 @@ const READY_FD = 3;
 
 function tellStarter(msg: string): void {
   try {
-    if (!fstatSync(READY_FD).isFIFO() && !fstatSync(READY_FD).isSocket()) return;
+    const st = fstatSync(READY_FD);
+    if (!st.isFIFO() && !st.isSocket()) return;
     writeSync(READY_FD, msg);
     closeSync(READY_FD);
   } catch {

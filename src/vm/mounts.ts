@@ -10,7 +10,8 @@ import { InternalError } from '../errors/index.js';
 /** Bound on one mount/umount command. */
 export const MOUNT_TIMEOUT_MS = 10_000;
 
-function run(cmd: string, args: string[]): Promise<void> {
+/** Runs `mount`/`umount` with `args`, bounded by MOUNT_TIMEOUT_MS; INTERNAL with its stderr on failure. */
+export function runMountCommand(cmd: 'mount' | 'umount', args: string[]): Promise<void> {
   return new Promise((done, fail) => {
     execFile(cmd, args, { timeout: MOUNT_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, _stdout, stderr) => {
       if (err) fail(new InternalError(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`, { cause: err }));
@@ -52,11 +53,11 @@ export function mountsUnder(dir: string): string[] {
  * dir is a shared peer; `/` is private on our hosts.
  */
 export async function bindSelfShared(dir: string): Promise<void> {
-  await run('mount', ['--bind', dir, dir]);
+  await runMountCommand('mount', ['--bind', dir, dir]);
   try {
-    await run('mount', ['--make-shared', dir]);
+    await runMountCommand('mount', ['--make-shared', dir]);
   } catch (err) {
-    await run('umount', [dir]).catch(() => {});
+    await runMountCommand('umount', [dir]).catch(() => {});
     throw err;
   }
 }
@@ -75,9 +76,9 @@ export async function unmountTree(path: string): Promise<void> {
     for (const m of mounts) {
       if (!mountsUnder(path).includes(m)) continue; // gone with an earlier one
       try {
-        await run('umount', [m]);
+        await runMountCommand('umount', [m]);
       } catch {
-        await run('umount', ['-l', m]).catch(() => {});
+        await runMountCommand('umount', ['-l', m]).catch(() => {});
       }
     }
   }

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BUSYBOX_IMAGE, PAUSE_IMAGE, busyboxImage, importImage, pauseImage } from '../harness/busybox.js';
 import { mountsUnder, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
-import { crictlRunner, type CrictlResult } from '../harness/crictl.js';
+import { crictlRunner, expectOk, outputJson, outputLines, writeJsonFile, type CrictlResult } from '../harness/crictl.js';
 
 const ID = /^[0-9a-f]{64}$/;
 const CRI_LOG_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) [FP] /;
@@ -27,19 +27,10 @@ type Result = CrictlResult;
 
 const crictl = crictlRunner(() => endpoint, 60_000);
 
-function ok(r: Result, what: string): Result {
-  assert.equal(r.code, 0, `${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n--- containerd log ---\n${c.logTail(30)}`);
-  return r;
-}
-
-const lines = (s: string) => s.split('\n').filter(Boolean);
-const json = (r: Result) => JSON.parse(r.stdout);
-
-function writeJson(name: string, v: unknown): string {
-  const p = join(work, name);
-  writeFileSync(p, JSON.stringify(v, null, 2));
-  return p;
-}
+const ok = (r: Result, what: string): Result => expectOk(r, what, () => c.logTail(30));
+const lines = outputLines;
+const json = outputJson;
+const writeJson = (name: string, v: unknown): string => writeJsonFile(work, name, v);
 
 /** A pod config in crictl's snake_case format, on the host network (NODE = 2). */
 function podConfig(name: string, extra: Record<string, unknown> = {}): Record<string, unknown> {

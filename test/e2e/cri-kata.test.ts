@@ -38,12 +38,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { crictlRunner, type CrictlResult } from '../harness/crictl.js';
+import { crictlRunner, expectOk, outputJson, outputLines, writeJsonFile, type CrictlResult } from '../harness/crictl.js';
 import { BUSYBOX_IMAGE, importImage, pauseImage, busyboxImage, projectRoot } from '../harness/busybox.js';
 import { createTestNetwork, type TestNetwork } from '../harness/cni.js';
 import { allPids, mentionsPath, mountsUnder, pidAlive, procCmdline, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
@@ -96,19 +96,10 @@ type Result = CrictlResult;
 /** kata-crictl -r <ours> …; `spawn` runs the shipped wrapper (exit codes, streams), else run() in process. */
 const crictl = crictlRunner(() => endpoint, 300_000);
 
-function ok(r: Result, what: string): Result {
-  assert.equal(r.code, 0, `${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n--- containerd log ---\n${c.logTail(40)}`);
-  return r;
-}
-
-const lines = (s: string) => s.split('\n').filter(Boolean);
-const json = (r: Result) => JSON.parse(r.stdout);
-
-function writeJson(name: string, v: unknown): string {
-  const p = join(work, name);
-  writeFileSync(p, JSON.stringify(v, null, 2));
-  return p;
-}
+const ok = (r: Result, what: string): Result => expectOk(r, what, () => c.logTail(40));
+const lines = outputLines;
+const json = outputJson;
+const writeJson = (name: string, v: unknown): string => writeJsonFile(work, name, v);
 
 /** A pod config in crictl's format, on the pod network (namespace_options.network POD, the default). */
 function podConfig(name: string, extra: Record<string, unknown> = {}): Record<string, unknown> {

@@ -1,5 +1,7 @@
 /** Driving kata-crictl from tests: in process (run()) or the shipped wrapper (exit codes, streams). */
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { run } from '../../src/cri-client/cli.js';
 import { projectRoot } from './busybox.js';
@@ -54,4 +56,20 @@ export function crictlRunner(endpoint: () => string, defaultTimeoutMs: number): 
       });
     });
   };
+}
+
+/** Asserts exit 0, showing the output and `log()` (e.g. containerd's log tail) otherwise. */
+export function expectOk(r: CrictlResult, what: string, log: () => string): CrictlResult {
+  assert.equal(r.code, 0, `${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n--- containerd log ---\n${log()}`);
+  return r;
+}
+
+export const outputLines = (s: string): string[] => s.split('\n').filter(Boolean);
+export const outputJson = (r: CrictlResult): any => JSON.parse(r.stdout);
+
+/** Writes `v` as a crictl input file `<dir>/<name>`; its path. */
+export function writeJsonFile(dir: string, name: string, v: unknown): string {
+  const p = join(dir, name);
+  writeFileSync(p, JSON.stringify(v, null, 2));
+  return p;
 }
