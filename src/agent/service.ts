@@ -16,6 +16,7 @@ import { checkContainerId, checkExecId, checkOciProcess, checkSignal, checkWinSi
 import { InvalidArgumentError } from '../errors/index.js';
 import { checkSharedFs } from './shared-fs.js';
 import { checkInterface, checkRoutes, Network } from './network.js';
+import { toTimestamp } from '../proto/timestamp.js';
 
 const pb = kata.agent.v1;
 
@@ -29,10 +30,8 @@ export interface ServiceDeps {
   network?: Network;
 }
 
-function toTimestamp(d: Date | undefined): kata.agent.v1.Timestamp.$Properties | undefined {
-  if (!d) return undefined;
-  const ms = d.getTime();
-  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 };
+function optionalTimestamp(d: Date | undefined): kata.agent.v1.Timestamp.$Properties | undefined {
+  return d ? toTimestamp(d) : undefined;
 }
 
 /** Optional terminal size of a create/exec request: both or neither. */
@@ -135,7 +134,7 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
           terminal: p.terminal,
           exited: p.exit !== undefined,
           exitStatus: p.exit?.status ?? 0,
-          exitedAt: toTimestamp(p.exit?.exitedAt),
+          exitedAt: optionalTimestamp(p.exit?.exitedAt),
         })),
       })),
     })),
@@ -163,7 +162,7 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
 
     WaitProcess: unary(pb.ProcessRequest, pb.WaitProcessResponse, async (req, ctx) => {
       const e = await processOf(req.containerId, req.execId).wait(ctx.signal);
-      return { exitStatus: e.status, exitedAt: toTimestamp(e.exitedAt) };
+      return { exitStatus: e.status, exitedAt: optionalTimestamp(e.exitedAt) };
     }),
 
     RemoveProcess: unary(pb.ProcessRequest, pb.Empty, async (req) => {

@@ -13,6 +13,7 @@ import { Code, hasCode } from '../errors/index.js';
 import { TtrpcClient } from '../ttrpc/index.js';
 import { containerd, google } from '../proto/gen/containerd.js';
 import type { EventEnvelope, EventPublisher } from './queue.js';
+import { toTimestamp } from '../proto/timestamp.js';
 
 export const EVENTS_SERVICE = 'containerd.services.events.ttrpc.v1.Events';
 
@@ -26,12 +27,7 @@ export interface TtrpcEventPublisherOptions {
   connectTimeoutMs?: number;
 }
 
-/** Date → google.protobuf.Timestamp. */
-export function toTimestamp(d: Date): { seconds: number; nanos: number } {
-  const ms = d.getTime();
-  const seconds = Math.floor(ms / 1000);
-  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 };
-}
+export { toTimestamp };
 
 /** The ForwardRequest an envelope becomes (exported for tests and other transports). */
 export function forwardRequest(env: EventEnvelope): containerd.services.events.ttrpc.v1.ForwardRequest.$Properties {

@@ -4,7 +4,7 @@
  * bare (`containerd.events.TaskExit`): what containerd 1.6's subscribers decode.
  */
 import { containerd } from '../proto/gen/containerd.js';
-import { exitTimestamp } from './time.js';
+import { exitTimestamp } from '../proto/timestamp.js';
 
 const ev = containerd.events;
 

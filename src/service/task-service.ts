@@ -10,7 +10,7 @@ import { containerd, google } from '../proto/gen/containerd.js';
 import { unary, type CallContext, type ServiceHandlers } from '../ttrpc/index.js';
 import type { Pod } from './pod.js';
 import { SHIM_VERSION } from './version.js';
-import { exitTimestamp, toTimestamp } from './time.js';
+import { exitTimestamp, toTimestamp } from '../proto/timestamp.js';
 
 export const TASK_SERVICE = 'containerd.task.v2.Task';
 

@@ -12,7 +12,7 @@
 import { existsSync } from 'node:fs';
 import type { Logger } from '../log/index.js';
 import { containerd } from '../proto/gen/containerd.js';
-import { toTimestamp } from '../service/time.js';
+import { toTimestamp } from '../proto/timestamp.js';
 import { cleanupContainerDir, cleanupPodDir, socketAlive } from './cleanup.js';
 import type { ShimFlags } from './flags.js';
 import { bundleAnnotations, podIdOf, podPaths, runRoot } from './pod-paths.js';

@@ -5,7 +5,7 @@ import { BoundedChannel } from '../../src/service/channel.js';
 import { guestProcess, guestSpec } from '../../src/service/guest-spec.js';
 import { ShimProcess } from '../../src/service/process.js';
 import { mountArgv } from '../../src/service/rootfs.js';
-import { GO_ZERO_TIMESTAMP, exitTimestamp, toTimestamp } from '../../src/service/time.js';
+import { GO_ZERO_TIMESTAMP, exitTimestamp, toTimestamp } from '../../src/proto/timestamp.js';
 import { expectCode } from '../harness/status.js';
 
 const stdio = { stdin: '', stdout: '', stderr: '', terminal: false };

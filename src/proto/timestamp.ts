@@ -1,4 +1,4 @@
-/** Protobuf Timestamps as containerd expects them. */
+/** google.protobuf.Timestamp from a Date, as containerd expects them (used by events, the Task service, `delete`, the agent). */
 
 export interface PbTimestamp {
   seconds: number;
