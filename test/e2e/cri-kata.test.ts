@@ -38,7 +38,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -46,7 +46,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { crictlRunner, expectOk, outputJson, outputLines, writeJsonFile, type CrictlResult } from '../harness/crictl.js';
 import { BUSYBOX_IMAGE, importImage, pauseImage, busyboxImage, projectRoot } from '../harness/busybox.js';
 import { createTestNetwork, type TestNetwork } from '../harness/cni.js';
-import { allPids, mentionsPath, mountsUnder, pidAlive, procCmdline, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
+import { mountsUnder, pidAlive, procCmdline, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
+import { entries, qemuPids, virtiofsdPids } from '../harness/ctr.js';
 
 const ID = /^[0-9a-f]{64}$/;
 /** runp/create/start/stopp/rmp under TCG: generous. */
@@ -121,29 +122,6 @@ function ctrConfig(name: string, command: string[], extra: Record<string, unknow
 // ---------------------------------------------------------------------------
 // what runs on the host
 
-/** Live QEMU processes of this containerd (their command lines name our temp dir: the run root's sockets). */
-function qemuPids(): number[] {
-  return allPids().filter((pid) => {
-    const argv = procCmdline(pid);
-    return /^qemu-system/.test(basename(argv[0] ?? '')) && argv.some((a) => mentionsPath(a, c.dir)) && pidAlive(pid);
-  });
-}
-
-function virtiofsdPids(): number[] {
-  return allPids().filter((pid) => {
-    const argv = procCmdline(pid);
-    return /virtiofsd$/.test(argv[0] ?? '') && argv.some((a) => mentionsPath(a, c.dir)) && pidAlive(pid);
-  });
-}
-
-function entries(dir: string): string[] {
-  try {
-    return readdirSync(dir).sort();
-  } catch {
-    return [];
-  }
-}
-
 function guestKernelRelease(): string {
   const dir = process.env.KATA_TS_GUEST_DIR || join(projectRoot(), 'build', 'guest');
   return (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { kernel: { release: string } }).kernel.release;
@@ -178,7 +156,7 @@ before(async () => {
     return conds.some((x) => x.type === 'NetworkReady' && x.status);
   }, { timeoutMs: 30_000, what: 'CRI NetworkReady' });
   baseShims = c.shimPids();
-  baseQemus = qemuPids();
+  baseQemus = qemuPids(c);
 }, { timeout: 180_000 });
 
 after(async () => {
@@ -229,7 +207,7 @@ test('runp --runtime kata: the pod is Ready, one new shim and one QEMU, in the p
   assert.match(podNetns, /^\/var\/run\/netns\/cni-/);
 
   const shims = c.shimPids().filter((p) => !baseShims.includes(p));
-  const qemus = qemuPids().filter((p) => !baseQemus.includes(p));
+  const qemus = qemuPids(c).filter((p) => !baseQemus.includes(p));
   assert.equal(shims.length, 1, `one new shim: ${shims.map((p) => procCmdline(p).join(' ')).join('; ')}`);
   assert.equal(qemus.length, 1, `one new QEMU: ${qemus.join(' ')}`);
   [shimPid] = shims as [number];
@@ -285,7 +263,7 @@ test('busybox httpd joins the same pod and VM; a client in the test netns fetche
   httpd = ok(await crictl([...SLOW, 'create', pod, f, podFile], { spawn: true }), 'create httpd').stdout.trim();
   ok(await crictl([...SLOW, 'start', httpd], { spawn: true }), 'start httpd');
   assert.deepEqual(c.shimPids().filter((p) => !baseShims.includes(p)), [shimPid], 'still one shim');
-  assert.deepEqual(qemuPids().filter((p) => !baseQemus.includes(p)), [qemuPid], 'still one QEMU');
+  assert.deepEqual(qemuPids(c).filter((p) => !baseQemus.includes(p)), [qemuPid], 'still one QEMU');
 
   // Both containers and the pause process share the pod's pid namespace in the guest.
   const ps = ok(await crictl(['exec', '-s', httpd, 'ps', '-o', 'comm,args']), 'exec ps').stdout;
@@ -353,12 +331,12 @@ test('a container that exits 3: inspect shows exit code 3, logs what it printed;
   assert.equal(ok(await crictl(['logs', id]), 'logs exit3').stdout, 'bye\n');
   ok(await crictl([...SLOW, 'rm', id]), 'rm exit3');
   assert.deepEqual(c.shimPids().filter((p) => !baseShims.includes(p)), [shimPid], 'still one shim');
-  assert.deepEqual(qemuPids().filter((p) => !baseQemus.includes(p)), [qemuPid], 'still one QEMU');
+  assert.deepEqual(qemuPids(c).filter((p) => !baseQemus.includes(p)), [qemuPid], 'still one QEMU');
 });
 
 test('bad configs: clear CRI errors, nothing leaked', { skip, timeout: 300_000 }, async () => {
   const shims0 = c.shimPids();
-  const qemus0 = qemuPids();
+  const qemus0 = qemuPids(c);
   const runRoot0 = entries(c.kataRunRoot);
   const mounts0 = mountsUnder(c.kataRunRoot).sort();
 
@@ -391,7 +369,7 @@ test('bad configs: clear CRI errors, nothing leaked', { skip, timeout: 300_000 }
   const pods = lines(ok(await crictl(['pods', '-q']), 'pods -q').stdout);
   assert.deepEqual(pods, [pod], 'only the one pod');
   assert.deepEqual(c.shimPids().sort(), shims0.sort(), 'no shim started or left');
-  assert.deepEqual(qemuPids().sort(), qemus0.sort(), 'no QEMU started or left');
+  assert.deepEqual(qemuPids(c).sort(), qemus0.sort(), 'no QEMU started or left');
   assert.deepEqual(entries(c.kataRunRoot), runRoot0, 'no pod dir left under the run root');
 });
 
@@ -414,7 +392,7 @@ test('stopp + rmp: no shim, QEMU, virtiofsd, tap, tc filter, mount, run-root ent
   assert.deepEqual(lines(ok(await crictl(['ps', '-a', '-q']), 'ps -a -q').stdout), []);
 
   await waitFor(() => !pidAlive(shimPid) && c.shimPids().length === 0, { timeoutMs: 60_000, what: 'no shim left' });
-  await waitFor(() => qemuPids().length === 0 && virtiofsdPids().length === 0, { timeoutMs: 60_000, what: 'no QEMU or virtiofsd left' });
+  await waitFor(() => qemuPids(c).length === 0 && virtiofsdPids(c).length === 0, { timeoutMs: 60_000, what: 'no QEMU or virtiofsd left' });
   assert.equal(existsSync(podNetns), false, 'CRI removed its netns');
   // In the held namespace: CNI DEL took the veth, the shim took its tap, qdiscs and filters.
   const links = must('ip', '-n', h, '-o', 'link', 'show');
@@ -440,7 +418,7 @@ test('the pod VM dies (QEMU killed): its containers end with 137, the pod goes N
   const f = writeJson('victim.json', ctrConfig('victim', ['sleep', '3600']));
   const v = ok(await crictl([...SLOW, 'create', p2, f, p2File]), 'create victim').stdout.trim();
   ok(await crictl([...SLOW, 'start', v]), 'start victim');
-  const qemus = qemuPids();
+  const qemus = qemuPids(c);
   assert.equal(qemus.length, 1, `one QEMU: ${qemus.join(' ')}`);
   const shims = c.shimPids();
   assert.equal(shims.length, 1, 'one shim');
@@ -458,8 +436,8 @@ test('the pod VM dies (QEMU killed): its containers end with 137, the pod goes N
     ok(await crictl([...SLOW, 'stopp', p2], { spawn: true }), 'stopp pod2');
     ok(await crictl([...SLOW, 'rmp', p2], { spawn: true }), 'rmp pod2');
     assert.deepEqual(lines(ok(await crictl(['pods', '-q']), 'pods -q').stdout), []);
-    assert.deepEqual(qemuPids(), []);
-    await waitFor(() => virtiofsdPids().length === 0, { timeoutMs: 30_000, what: 'no virtiofsd' });
+    assert.deepEqual(qemuPids(c), []);
+    await waitFor(() => virtiofsdPids(c).length === 0, { timeoutMs: 30_000, what: 'no virtiofsd' });
     const links = must('ip', '-n', h, '-o', 'link', 'show');
     assert.deepEqual(lines(links).map((l) => l.split(':')[1]!.trim()), ['lo'], `no tap left: ${links}`);
     assert.doesNotMatch(must('tc', '-n', h, 'qdisc', 'show'), /ingress/, 'no ingress qdisc');

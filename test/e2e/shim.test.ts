@@ -20,8 +20,8 @@
  * teardown checks.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { constants, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { release } from 'node:os';
 import { basename, join } from 'node:path';
@@ -32,8 +32,6 @@ import { TtrpcClient } from '../../src/ttrpc/index.js';
 import { Code } from '../../src/errors/index.js';
 import { BUSYBOX_IMAGE, importImage, projectRoot } from '../harness/busybox.js';
 import {
-  allPids,
-  mentionsPath,
   pidAlive,
   procCmdline,
   startContainerd,
@@ -42,7 +40,10 @@ import {
   type Containerd,
   type CtrResult,
 } from '../harness/containerd.js';
-import { assertNoLeaks, snapshot, type LeakSnapshot } from '../harness/leaks.js';
+import {
+  bundleDir, containerIds, CtrEvents, forceRemove, ok, podAnnotations, qemuPids, shimSocket, show, tasks, waitStatus,
+} from '../harness/ctr.js';
+import { assertPodGone, podBaseline } from '../harness/pod-leaks.js';
 import { expectCode } from '../harness/status.js';
 
 const IMG = BUSYBOX_IMAGE;
@@ -51,8 +52,6 @@ const T = containerd.task.v2;
 const Status = containerd.v1.types.Status;
 const Empty = google.protobuf.Empty;
 const PROCESS_SPEC_URL = 'types.containerd.io/opencontainers/runtime-spec/1/Process';
-const SANDBOX_ID = 'io.kubernetes.cri.sandbox-id';
-const CONTAINER_TYPE = 'io.kubernetes.cri.container-type';
 
 // ---------------------------------------------------------------------------
 // the table
@@ -119,138 +118,6 @@ function guestKernelRelease(): string {
 // ---------------------------------------------------------------------------
 // helpers
 
-function ok(r: CtrResult, what: string): void {
-  assert.equal(r.code, 0, `${what}: exit ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-}
-
-function show(r: CtrResult): string {
-  return `exit ${r.code ?? r.signal}${r.timedOut ? ' (timed out)' : ''}\nstdout: ${JSON.stringify(r.stdout)}\nstderr: ${r.stderr}`;
-}
-
-/** `ctr task ls` as a map id → { pid, status }. */
-async function tasks(c: Containerd): Promise<Map<string, { pid: number; status: string }>> {
-  const r = await c.ctr(['task', 'ls'], { timeoutMs: 30_000 });
-  ok(r, 'task ls');
-  const m = new Map<string, { pid: number; status: string }>();
-  for (const line of r.stdout.split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length >= 3) m.set(f[0]!, { pid: Number(f[1]), status: f[2]! });
-  }
-  return m;
-}
-
-async function waitStatus(c: Containerd, id: string, status: string, timeoutMs = 120_000): Promise<{ pid: number; status: string }> {
-  let last: unknown;
-  try {
-    return await waitFor(
-      async () => {
-        const t = (await tasks(c)).get(id);
-        last = t;
-        return t?.status === status ? t : undefined;
-      },
-      { timeoutMs, intervalMs: 100, what: `task ${id} ${status}` },
-    );
-  } catch (e) {
-    throw new Error(`${(e as Error).message} (last: ${JSON.stringify(last)})`);
-  }
-}
-
-async function containerIds(c: Containerd): Promise<string[]> {
-  const r = await c.ctr(['containers', 'ls', '-q'], { timeoutMs: 30_000 });
-  ok(r, 'containers ls');
-  return r.stdout.split('\n').map((s) => s.trim()).filter(Boolean);
-}
-
-/** Remove a container of ours whatever state it is in (test cleanup; errors ignored). */
-async function forceRemove(c: Containerd, id: string): Promise<void> {
-  await c.ctr(['task', 'kill', '-a', '-s', 'KILL', id], { timeoutMs: 30_000 });
-  await c.ctr(['task', 'delete', '-f', id], { timeoutMs: 60_000 });
-  await c.ctr(['containers', 'delete', id], { timeoutMs: 30_000 });
-}
-
-/** containerd's bundle of a task: <state>/io.containerd.runtime.v2.task/<ns>/<id>. */
-function bundleDir(c: Containerd, id: string): string {
-  return join(c.state, 'io.containerd.runtime.v2.task', c.namespace, id);
-}
-
-/** The shim's socket path, from the `address` file the shim wrote in the bundle (unix:///path). */
-function shimSocket(c: Containerd, id: string): string {
-  const a = readFileSync(join(bundleDir(c, id), 'address'), 'utf8').trim();
-  assert.match(a, /^unix:\/\/\//, `address file of ${id}: ${a}`);
-  return a.slice('unix://'.length);
-}
-
-/** Live QEMU processes of this containerd (their command lines name our temp dir: the run root's sockets). */
-function qemuPids(c: Containerd): number[] {
-  return allPids().filter((pid) => {
-    const argv = procCmdline(pid);
-    return /^qemu-system/.test(basename(argv[0] ?? '')) && argv.some((a) => mentionsPath(a, c.dir)) && pidAlive(pid);
-  });
-}
-
-/** Every unix socket at or under `dir`. */
-function socketsUnder(dir: string): string[] {
-  const out: string[] = [];
-  const walk = (d: string) => {
-    let ents;
-    try {
-      ents = readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of ents) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isSocket()) out.push(p);
-    }
-  };
-  walk(dir);
-  return out;
-}
-
-function entries(dir: string): string[] {
-  try {
-    return readdirSync(dir).sort();
-  } catch {
-    return [];
-  }
-}
-
-/** What a pod's teardown must leave: the state before it (processes, mounts, run root entries), and its socket gone. */
-interface Baseline {
-  snap: LeakSnapshot;
-  shims: number[];
-  qemus: number[];
-  runRoot: string[];
-}
-
-function baseline(c: Containerd): Baseline {
-  return { snap: snapshot(c.dir), shims: c.shimPids(), qemus: qemuPids(c), runRoot: entries(c.kataRunRoot) };
-}
-
-/**
- * After the last container of a pod is gone: no shim, no QEMU, no mount, no
- * socket left (each checked on its own), no other process naming our dir.
- */
-async function assertPodGone(c: Containerd, rt: Runtime, b: Baseline, socket: string | undefined, what: string): Promise<void> {
-  const newShims = () => c.shimPids().filter((p) => !b.shims.includes(p));
-  await waitFor(() => newShims().length === 0, { timeoutMs: 60_000, what: `${what}: shim exits` }).catch((e: Error) => {
-    throw new Error(`${e.message}: ${newShims().map((p) => `${p} ${procCmdline(p).join(' ')}`).join('; ')}`);
-  });
-  const newQemus = () => qemuPids(c).filter((p) => !b.qemus.includes(p));
-  await waitFor(() => newQemus().length === 0, { timeoutMs: 60_000, what: `${what}: QEMU exits` }).catch((e: Error) => {
-    throw new Error(`${e.message}: ${newQemus().join(' ')}`);
-  });
-  if (socket !== undefined) assert.equal(existsSync(socket), false, `${what}: shim socket ${socket} removed`);
-  const mounts = snapshot(c.dir).mounts.filter((m) => !b.snap.mounts.includes(m));
-  assert.deepEqual(mounts, [], `${what}: mounts left`);
-  if (rt.vm) {
-    assert.deepEqual(socketsUnder(c.kataRunRoot), [], `${what}: sockets left under the run root`);
-    assert.deepEqual(entries(c.kataRunRoot).filter((e) => !b.runRoot.includes(e)), [], `${what}: pod dirs left under the run root`);
-  }
-  assertNoLeaks(b.snap, snapshot(c.dir), { ignorePids: c.pid !== undefined ? [c.pid] : [] });
-}
-
 /** The container's process spec from containerd's bundle, with other args (what ctr task exec sends). */
 function processSpec(c: Containerd, id: string, args: string[]): { type_url: string; value: Uint8Array } {
   const spec = JSON.parse(readFileSync(join(bundleDir(c, id), 'config.json'), 'utf8')) as { process: Record<string, unknown> };
@@ -285,45 +152,6 @@ function ctrUnderScript(c: Containerd, args: string[], size: { rows: number; col
       res({ code, out });
     });
   });
-}
-
-/** A running `ctr events`, its stdout split into lines. */
-class CtrEvents {
-  readonly lines: string[] = [];
-  private err = '';
-  private readonly p: ChildProcess;
-  private readonly closed: Promise<void>;
-  constructor(c: Containerd) {
-    this.p = spawn('ctr', ['--address', c.address, '--namespace', c.namespace, 'events'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.closed = new Promise((r) => this.p.once('close', () => r()));
-    let buf = '';
-    this.p.stdout!.setEncoding('utf8');
-    this.p.stdout!.on('data', (s: string) => {
-      buf += s;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        this.lines.push(buf.slice(0, i));
-        buf = buf.slice(i + 1);
-      }
-    });
-    this.p.stderr!.setEncoding('utf8');
-    this.p.stderr!.on('data', (s: string) => (this.err += s));
-  }
-  waitLine(parts: string[], what: string, timeoutMs: number): Promise<string> {
-    return waitFor(() => this.lines.find((l) => parts.every((p) => l.includes(p))), { timeoutMs, intervalMs: 50, what: `ctr events: ${what}` }).catch(
-      (e: Error) => {
-        throw new Error(`${e.message}\nctr events stdout:\n${this.lines.join('\n')}\nstderr:\n${this.err}`);
-      },
-    );
-  }
-  async stop(): Promise<void> {
-    try {
-      this.p.kill('SIGKILL');
-    } catch {
-      /* gone */
-    }
-    await this.closed;
-  }
 }
 
 /** A FIFO of ours, held O_RDWR|O_NONBLOCK (never blocks, never sees EOF) and wrapped in a socket. */
@@ -363,12 +191,12 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
 
       it('ctr run --rm … echo hi prints hi', { timeout: 300_000 }, async () => {
         await withLogOnFailure(c, async () => {
-          const b = baseline(c);
+          const b = podBaseline(c);
           const r = await run(['--rm', IMG, id('t1'), 'echo', 'hi']);
           ok(r, 'run echo hi');
           assert.equal(r.stdout, 'hi\n');
           assert.equal((await containerIds(c)).includes(id('t1')), false, '--rm removed the container');
-          await assertPodGone(c, rt, b, undefined, 'echo hi');
+          await assertPodGone(c, b, 'echo hi');
         });
       });
 
@@ -414,7 +242,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
 
       it('a running container: exec codes, ps, pause/resume, metrics, CloseIO and bad input via the Task API, kill → 137', { timeout: 600_000 }, async () => {
         const L = id('long');
-        const b = baseline(c);
+        const b = podBaseline(c);
         let fg: Promise<CtrResult> | undefined;
         const clients: TtrpcClient[] = [];
         const sockets: net.Socket[] = [];
@@ -599,7 +427,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             assert.equal(r.code, 137, show(r));
             assert.equal((await containerIds(c)).includes(L), false, '--rm removed the container');
             // The last container of the pod is gone: so are its shim, QEMU, mounts and sockets.
-            await assertPodGone(c, rt, b, sock, 'long-running pod');
+            await assertPodGone(c, b, 'long-running pod', { vm: rt.vm, socket: sock });
           });
         } finally {
           for (const s of sockets) s.destroy();
@@ -615,13 +443,13 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
       it('a pod: two containers share one shim and one QEMU; kill -9 + restart of containerd: running task kept, exit while down delivered', { timeout: 600_000 }, async (t) => {
         const P = id('pod');
         const X = id('podx');
-        const b = baseline(c);
+        const b = podBaseline(c);
         let ev: CtrEvents | undefined;
         let debugLevel = false;
         try {
           await withLogOnFailure(c, async () => {
-            ok(await run(['-d', '--annotation', `${CONTAINER_TYPE}=sandbox`, '--annotation', `${SANDBOX_ID}=${P}`, IMG, P, 'sleep', '100000']), 'run sandbox');
-            ok(await run(['-d', '--annotation', `${CONTAINER_TYPE}=container`, '--annotation', `${SANDBOX_ID}=${P}`, IMG, X,
+            ok(await run(['-d', ...podAnnotations(P, P), IMG, P, 'sleep', '100000']), 'run sandbox');
+            ok(await run(['-d', ...podAnnotations(P, X), IMG, X,
               'sh', '-c', 'trap "exit 7" TERM; while :; do sleep 0.2; done']), 'run container');
             const t0 = await tasks(c);
             const pInfo = t0.get(P);
@@ -713,7 +541,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             assert.match(r.stderr, new RegExp(`task ${P} exit with non-zero exit code 137`), r.stderr);
             ok(await c.ctr(['containers', 'delete', P]), 'containers delete sandbox');
             await ev.stop();
-            await assertPodGone(c, rt, b, sock, 'pod after its last container');
+            await assertPodGone(c, b, 'pod after its last container', { vm: rt.vm, socket: sock });
           });
         } finally {
           await ev?.stop();
@@ -725,7 +553,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
 
       it('kill -9 of the shim: containerd cleans up through `shim delete`, nothing left', { timeout: 300_000 }, async () => {
         const K = id('k9');
-        const b = baseline(c);
+        const b = podBaseline(c);
         try {
           await withLogOnFailure(c, async () => {
             ok(await run(['-d', IMG, K, 'sleep', '100000']), 'run -d');
@@ -743,7 +571,7 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             await waitFor(() => !pidAlive(info.pid), { timeoutMs: 60_000, what: `task pid ${info.pid} (${rt.vm ? 'QEMU' : 'init'}) ended` });
             ok(await c.ctr(['containers', 'delete', K]), 'containers delete');
             // The runc shim's `delete` (containerd 1.6.20) leaves its socket file in /run/containerd/s behind; ours must not.
-            await assertPodGone(c, rt, b, rt.vm ? sock : undefined, 'after kill -9 of the shim');
+            await assertPodGone(c, b, 'after kill -9 of the shim', { vm: rt.vm, socket: rt.vm ? sock : undefined });
           });
         } finally {
           if ((await containerIds(c)).includes(K)) await forceRemove(c, K);
