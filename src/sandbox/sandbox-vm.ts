@@ -198,8 +198,14 @@ export class SandboxVm {
    * DestroySandbox (best effort), then closes the agent connection, stops
    * the VM and removes the shared dir and the sandbox dir. Idempotent; every
    * step runs even if an earlier one fails (the first error is thrown at the end).
+   * `force`: the guest is hung — QEMU is SIGKILLed first (no DestroySandbox, no QMP quit).
    */
-  stop(): Promise<void> {
+  stop(opts: { force?: boolean } = {}): Promise<void> {
+    if (opts.force && !this.stopping && this.vmValue) {
+      // A hung guest: QEMU is killed first, so that no step below waits on the agent or QMP.
+      const vm = this.vmValue;
+      this.stopping = vm.stop({ force: true }).catch((err: unknown) => this.log.warn({ err }, 'forced vm stop failed')).then(() => this.release());
+    }
     this.stopping ??= this.release();
     return this.stopping;
   }

@@ -6,10 +6,16 @@
  * and call in here.
  *
  * Exits: one watcher per started process waits on the agent (WaitProcess),
- * lets the process's output reach containerd (bounded), and sends the exit
- * into a bounded channel (capacity 32, as in Kata). One loop takes them in
- * order, records the status and time on the process (completing every Wait)
- * and queues /tasks/exit.
+ * gives the process's output a short grace to reach containerd, and sends the
+ * exit into a bounded channel (capacity 32, as in Kata). Output still flowing
+ * then (a child holding the pipe) drains in the background, bounded, and is
+ * cut at the bound; the exit is never held back by it. One loop takes the
+ * exits in order, records the status and time on the process (completing
+ * every Wait) and queues /tasks/exit.
+ *
+ * A lost VM (QEMU died, or the agent failed its health checks and QEMU was
+ * killed) ends every process of the pod with 255, as Kata reports it, and
+ * everything the VM held on the host is released at once.
  *
  * The pid containerd sees for every process is the pod's QEMU pid (as in
  * Kata): a host process that lives exactly as long as the pod's VM. Guest
@@ -36,8 +42,28 @@ import { TaskEvents, type EventSink, type MountInfo } from './task-events.js';
 
 /** Capacity of the exits channel (Kata's). */
 export const EXITS_CHANNEL_CAPACITY = 32;
-/** After an exit, how long the process's output may take to reach containerd before the exit is reported anyway. */
-export const IO_DRAIN_TIMEOUT_MS = 30_000;
+/** The exit status of every process of a pod whose VM was lost (Kata's exitCode255). */
+export const VM_LOST_EXIT_STATUS = 255;
+
+/** The Pod's clocks (tests shorten them). */
+export interface PodTimings {
+  /** After an exit, how long the output may take to finish before the exit is reported anyway. */
+  exitIoGraceMs: number;
+  /** After an exit, how long the output keeps draining in the background before it is cut. */
+  ioDrainTimeoutMs: number;
+  /** The agent health check: a Check every intervalMs, each with timeoutMs; `failures` in a row mean the VM is lost. */
+  healthIntervalMs: number;
+  healthTimeoutMs: number;
+  healthFailures: number;
+}
+
+export const DEFAULT_POD_TIMINGS: PodTimings = {
+  exitIoGraceMs: 2_000,
+  ioDrainTimeoutMs: 30_000,
+  healthIntervalMs: 5_000,
+  healthTimeoutMs: 5_000,
+  healthFailures: 2,
+};
 /** Bound on closing a process's IO (a logging binary that does not exit is killed). */
 const IO_CLOSE_TIMEOUT_MS = 5_000;
 /** The type URL of an exec's OCI Process (JSON). */
@@ -56,7 +82,8 @@ export interface PodSandbox {
   readonly guestSharedDir: string;
   /** Resolves when the VM is gone (died, or stopped). */
   readonly exited: Promise<void>;
-  stop(): Promise<void>;
+  /** Stops the VM and releases what it holds; `force`: the guest is hung, kill QEMU first. */
+  stop(opts?: { force?: boolean }): Promise<void>;
 }
 
 /** Boots (or, later, takes from a warm pool) the pod's VM. */
@@ -75,6 +102,7 @@ export interface PodOptions {
   logger: Logger;
   sandboxFactory: SandboxFactory;
   events: EventSink;
+  timings?: Partial<PodTimings>;
 }
 
 export interface CreateRequest {
@@ -107,6 +135,8 @@ export interface ProcessState {
 interface ExitItem {
   proc: ShimProcess;
   exit: ExitRecord;
+  /** The task pid reported with it (the VM's, which may be gone by then). */
+  pid: number;
 }
 
 export class Pod {
@@ -125,9 +155,13 @@ export class Pod {
   private stopping: Promise<void> | undefined;
   private closed: Promise<void> | undefined;
   private readonly exitsLoopDone: Promise<void>;
+  private readonly timings: PodTimings;
+  /** When each exited process's output is cut at the latest (ms since the epoch). */
+  private readonly ioDeadlines = new WeakMap<ShimProcess, number>();
 
   constructor(private readonly opts: PodOptions) {
     this.log = opts.logger.child({ module: 'pod', pod: opts.podId });
+    this.timings = { ...DEFAULT_POD_TIMINGS, ...opts.timings };
     this.events = new TaskEvents(opts.events);
     this.exitsLoopDone = this.exitsLoop();
   }
@@ -180,7 +214,8 @@ export class Pod {
         this.sandboxNetns = netnsPath;
         this.log.info({ vmPid: sb.vmPid, ms: Date.now() - started }, 'pod VM ready');
         void this.oomLoop(sb);
-        void sb.exited.then(() => this.onVmGone(sb));
+        void this.healthLoop(sb);
+        void sb.exited.then(() => this.vmLost(sb, 'QEMU exited'));
         return sb;
       })();
       this.sandboxPromise = p;
@@ -210,23 +245,64 @@ export class Pod {
     return this.stopping;
   }
 
-  private onVmGone(sb: PodSandbox): void {
+  /**
+   * The VM is gone (QEMU exited) or unusable (the agent stopped answering):
+   * every process not yet ended ends with 255, and what the VM holds on the
+   * host (QEMU if still there, virtiofsd, the shared dir's mounts, the tap and
+   * its filters, the VM's files) is released now — nothing else would, and a
+   * later Create boots a new VM. Without this the shim ended with the shared
+   * dir still mounted and the tap in the pod netns, unless containerd's
+   * `delete` happened to run after it.
+   */
+  private vmLost(sb: PodSandbox, why: string, opts: { force?: boolean } = {}): void {
     if (this.sandboxValue !== sb || this.closing.signal.aborted || this.stopping) return;
-    this.log.error({ vmPid: sb.vmPid }, 'the pod VM died: its processes are reported killed');
+    this.log.error({ vmPid: sb.vmPid, why }, `the pod VM is lost: its processes end with ${VM_LOST_EXIT_STATUS}`);
     this.sandboxValue = undefined;
     this.sandboxPromise = undefined;
-    // What the dead VM leaves on the host goes now (virtiofsd, the shared dir's mounts, the tap
-    // and its filters, the VM's files): nothing else would stop it, and a later Create boots a
-    // new VM. Without this the shim ended with the shared dir still mounted (its pod dir left
-    // behind) and the tap in the pod netns, unless containerd's `delete` happened to run after it.
-    const cleanup: Promise<void> = sb.stop()
-      .then(() => this.log.info('the dead pod VM is cleaned up'))
-      .catch((err: unknown) => this.log.error({ err }, 'cleaning up after the dead pod VM failed'))
+    const cleanup: Promise<void> = sb.stop(opts)
+      .then(() => this.log.info('the lost pod VM is cleaned up'))
+      .catch((err: unknown) => this.log.error({ err }, 'cleaning up after the lost pod VM failed'))
       .finally(() => this.deadVmCleanups.delete(cleanup));
     this.deadVmCleanups.add(cleanup);
     const at = new Date();
     for (const c of this.containers.values()) {
-      for (const p of c.processes()) if (p.state !== 'stopped') void this.exits.send({ proc: p, exit: { status: 137, at } }).catch(() => {});
+      for (const p of c.processes()) {
+        if (p.state !== 'stopped') void this.exits.send({ proc: p, exit: { status: VM_LOST_EXIT_STATUS, at }, pid: sb.vmPid }).catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * The agent's health: a Check with a deadline every interval. A VM whose
+   * agent misses `healthFailures` in a row (guest hung, agent dead, channel
+   * broken while QEMU lives) is lost: QEMU is killed and the pod's processes
+   * end with 255, so no Task RPC or Wait hangs on it.
+   */
+  private async healthLoop(sb: PodSandbox): Promise<void> {
+    const signal = this.closing.signal;
+    const t = this.timings;
+    let failures = 0;
+    while (this.sandboxValue === sb && !signal.aborted) {
+      await sleep(t.healthIntervalMs, undefined, { signal }).catch(() => {});
+      if (this.sandboxValue !== sb || signal.aborted) return;
+      if (sb.agent.isClosed) {
+        // QEMU's exit usually closes the connection first: let that be the reason if it is.
+        const died = await Promise.race([sb.exited.then(() => true), sleep(1_000, false)]);
+        this.vmLost(sb, died ? 'QEMU exited' : 'the agent connection closed while QEMU runs', { force: true });
+        return;
+      }
+      try {
+        await sb.agent.check({ timeoutMs: t.healthTimeoutMs, signal });
+        failures = 0;
+      } catch (err) {
+        if (this.sandboxValue !== sb || signal.aborted) return;
+        failures++;
+        this.log.warn({ err, failures, of: t.healthFailures }, 'agent health check failed');
+        if (failures >= t.healthFailures) {
+          this.vmLost(sb, `the agent missed ${failures} health checks in a row (${t.healthTimeoutMs} ms deadline each)`, { force: true });
+          return;
+        }
+      }
     }
   }
 
@@ -253,12 +329,18 @@ export class Pod {
       const { proc, exit } = item;
       if (!proc.setExited(exit)) continue;
       this.log.info({ container: proc.containerId, exec: proc.execId || undefined, status: exit.status }, 'process exited');
-      await this.events.exit({ containerId: proc.containerId, id: proc.id, pid: this.vmPid, exitStatus: exit.status, exitedAt: exit.at })
+      await this.events.exit({ containerId: proc.containerId, id: proc.id, pid: item.pid, exitStatus: exit.status, exitedAt: exit.at })
         .catch((err: unknown) => this.log.error({ err }, 'queueing /tasks/exit failed'));
     }
   }
 
-  /** Waits for a started process in the guest; its exit goes into the channel once its output is through. */
+  /**
+   * Waits for a started process in the guest and sends its exit into the
+   * channel once its output is through, or after a short grace: output still
+   * flowing then (a child of the process holding the pipe) drains in the
+   * background up to the drain bound and is cut there. The exit is never held
+   * back longer than the grace.
+   */
   private watch(p: ShimProcess, sb: PodSandbox): void {
     void (async () => {
       let exit: ExitRecord;
@@ -270,17 +352,37 @@ export class Pod {
         exit = { status: e.exitStatus, at: new Date() };
       } catch (err) {
         if (this.closing.signal.aborted || p.exit) return;
-        // The agent connection broke: the VM died (SIGKILL-like) or the agent did.
-        const died = await Promise.race([sb.exited.then(() => true), sleep(2_000, false)]);
-        this.log.error({ err, process: p.name }, 'waiting for the process failed');
-        exit = { status: died ? 137 : 255, at: new Date() };
+        // The agent connection broke: the VM died or the agent did (vmLost reports the same).
+        this.log.error({ err, process: p.name }, `waiting for the process failed: it ends with ${VM_LOST_EXIT_STATUS}`);
+        exit = { status: VM_LOST_EXIT_STATUS, at: new Date() };
       }
-      if (p.io) {
-        const drained = await Promise.race([p.io.drained.then(() => true), sleep(IO_DRAIN_TIMEOUT_MS, false)]);
-        if (!drained) this.log.warn({ process: p.name }, 'output not drained after the exit: reporting the exit anyway');
+      const io = p.io;
+      if (io) {
+        const t = this.timings;
+        this.ioDeadlines.set(p, Date.now() + t.ioDrainTimeoutMs);
+        const drained = await Promise.race([io.drained.then(() => true), sleep(t.exitIoGraceMs, false, { ref: false })]);
+        if (!drained) {
+          this.log.warn({ process: p.name, graceMs: t.exitIoGraceMs, drainMs: t.ioDrainTimeoutMs },
+            'output still flowing after the exit (a child holds the pipe?): the exit is reported now, the output drains in the background');
+          void this.cutOutputAtDeadline(p, io);
+        }
       }
-      await this.exits.send({ proc: p, exit }).catch(() => {});
+      await this.exits.send({ proc: p, exit, pid: sb.vmPid }).catch(() => {});
     })();
+  }
+
+  /** Resolves when an exited process's output is through or its drain bound has passed (at once if it has no IO). */
+  private async outputDone(p: ShimProcess): Promise<boolean> {
+    if (!p.io) return true;
+    const deadline = this.ioDeadlines.get(p);
+    if (deadline === undefined) return true;
+    return Promise.race([p.io.drained.then(() => true), sleep(Math.max(0, deadline - Date.now()), false, { ref: false })]);
+  }
+
+  private async cutOutputAtDeadline(p: ShimProcess, io: ProcessIo): Promise<void> {
+    if (await this.outputDone(p)) return;
+    this.log.warn({ process: p.name, drainMs: this.timings.ioDrainTimeoutMs }, 'output still flowing at the drain bound: cut');
+    await io.close(IO_CLOSE_TIMEOUT_MS);
   }
 
   private streams(sb: PodSandbox, p: ShimProcess): ProcessStreams {
@@ -354,6 +456,11 @@ export class Pod {
       return sb.vmPid;
     } catch (err) {
       for (const u of undo.reverse()) await u().catch((e: unknown) => this.log.warn({ err: e, container: req.id }, 'undo after failed create'));
+      // The VM booted for this container alone goes with it: a failed start leaves nothing.
+      if (this.containers.size === 0 && this.pending.size === 1 && this.sandboxPromise) {
+        this.log.info({ container: req.id }, 'create failed and the pod holds no container: stopping its VM');
+        await this.stopSandbox();
+      }
       throw err;
     } finally {
       this.pending.delete(req.id);
@@ -417,6 +524,9 @@ export class Pod {
 
   async delete(id: string, execId: string): Promise<{ pid: number; exitStatus: number; exitedAt: Date | undefined }> {
     const { c, p } = this.proc(id, execId);
+    // As the runc shim, Delete lets the output of an exited process finish first (here bounded:
+    // up to the drain bound after the exit), so that containerd's reader sees all of it.
+    if (p.state === 'stopped') await Promise.all((execId === '' ? c.processes() : [p]).map((q) => (q.state === 'stopped' ? this.outputDone(q) : true)));
     return c.serial(async () => {
       if (p.state === 'running') throw new FailedPreconditionError(`process ${p.name} is running: cannot delete it`);
       if (p.starting) throw new FailedPreconditionError(`process ${p.name} is starting: cannot delete it`);
@@ -465,7 +575,7 @@ export class Pod {
     if (p.state === 'created') {
       if (execId !== '') throw new FailedPreconditionError(`process ${p.name} is not started: cannot signal it`);
       // Nothing runs yet: the container ends as a killed one would.
-      await this.exits.send({ proc: p, exit: { status: 128 + signal, at: new Date() } });
+      await this.exits.send({ proc: p, exit: { status: 128 + signal, at: new Date() }, pid: this.vmPid });
       return;
     }
     await this.agent.signalProcess({ containerId: id, execId, signal, all });

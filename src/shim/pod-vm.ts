@@ -172,7 +172,7 @@ export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory 
       guestSharedDir: s.guestSharedDir,
       exited: Promise.race([exited, stoppedP]),
       // QEMU holds the tap: the VM goes first.
-      stop: () => s.stop().finally(async () => {
+      stop: (opts) => s.stop(opts).finally(async () => {
         await undoNetwork();
         stopped?.();
       }),

@@ -665,7 +665,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     const q = this.st.qemu;
     const t = this.timeouts;
     if (q && !this.exitValue && isAlive(q)) {
-      const qmp = this.qmp && !this.qmp.isClosed ? this.qmp : undefined;
+      const qmp = this.qmp && !this.qmp.isClosed && !opts.force ? this.qmp : undefined;
       if (opts.powerdown && qmp) {
         try {
           await qmp.systemPowerdown({ timeoutMs: t.qmpCommandMs });
@@ -683,7 +683,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         }
       }
       if (!this.exitValue && isAlive(q)) {
-        const how = await terminate(q, { termTimeoutMs: t.termMs, killTimeoutMs: t.killMs, group: true, what: 'qemu', logger: this.log, exited: this.exitPromise });
+        if (opts.force) this.log.warn({ pid: q.pid }, 'killing qemu (forced stop)');
+        const how = await terminate(q, { termTimeoutMs: opts.force ? 0 : t.termMs, killTimeoutMs: t.killMs, group: true, what: 'qemu', logger: this.log, exited: this.exitPromise });
         if (how === 'survived') throw new InternalError(`vm ${this.sandboxId}: qemu pid ${q.pid} survived SIGKILL`);
       }
     }

@@ -69,6 +69,11 @@ export interface PauseOptions {
 export interface StopOptions {
   /** Ask the guest to power off (ACPI) before `quit`. */
   powerdown?: boolean;
+  /**
+   * The guest is hung or unreachable: no powerdown, no `quit` (QMP may not
+   * answer either), SIGKILL to QEMU at once; the rest of the teardown as usual.
+   */
+  force?: boolean;
 }
 
 export type VmEvents = {

@@ -59,6 +59,7 @@ class FakeAgent {
   async resumeContainer() { this.calls.push('resume'); }
   async listProcesses() { return [{ pid: 1, ppid: 0, cmd: 'sh', state: 'S' }, { pid: 7, ppid: 1, cmd: 'sleep', state: 'S' }]; }
   getOOMEvent(o: { signal?: AbortSignal }) { return new Promise((_r, rej) => o.signal?.addEventListener('abort', () => rej(new Error('aborted')))); }
+  async check() {}
 }
 
 describe('Pod with a fake VM', () => {
@@ -253,13 +254,13 @@ describe('Pod whose VM runs in a network namespace (a CRI pod), with a fake VM',
     assert.equal((await del).exitStatus, 3);
   });
 
-  it('a VM that dies is stopped (cleaned up) at once; its processes end 137; the last Delete waits for that cleanup', async () => {
+  it('a VM that dies is stopped (cleaned up) at once; its processes end 255 (as in Kata); the last Delete waits for that cleanup', async () => {
     await pod.create({ id: 'c2', bundle, rootfs: [], stdio: io, checkpoint: '' });
     assert.equal(sandboxes.length, 2, 'a new VM after the last one stopped');
     await pod.start('c2', '');
     const w = pod.wait('c2', '');
     sandboxes[1]!.die();
-    assert.equal((await w).status, 137);
+    assert.equal((await w).status, 255);
     assert.equal(sandboxes[1]!.stopCalls, 1, 'the dead VM\'s cleanup started');
     let answered = false;
     const del = pod.delete('c2', '').then(() => { answered = true; });
@@ -269,5 +270,174 @@ describe('Pod whose VM runs in a network namespace (a CRI pod), with a fake VM',
     await del;
     assert.equal(sandboxes[1]!.stopCalls, 1, 'stopped once');
     assert.equal(pod.isEmpty, true);
+  });
+});
+
+describe('Pod faults with a fake VM and short clocks', () => {
+  let dir: string;
+  let bundle: string;
+  const events: Array<{ topic: string; value: Uint8Array }> = [];
+  const io = { stdin: '', stdout: '', stderr: '', terminal: false };
+  const timings = { exitIoGraceMs: 50, ioDrainTimeoutMs: 400, healthIntervalMs: 20, healthTimeoutMs: 30, healthFailures: 2 };
+
+  /** A fake agent whose Check can hang, whose CreateContainer can fail, whose stdout can keep flowing. */
+  class FaultyAgent extends FakeAgent {
+    hung = false;
+    failCreate: string | undefined;
+    /** stdout chunks of `c1` keep coming (never EOF) while true. */
+    streaming = false;
+    stdoutReads = 0;
+    override async createContainer(r: { containerId: string; spec: Record<string, unknown> }) {
+      if (this.failCreate) throw new Error(this.failCreate);
+      return super.createContainer(r);
+    }
+    override async check(o?: { timeoutMs?: number }) {
+      if (!this.hung) return;
+      await new Promise((r) => setTimeout(r, o?.timeoutMs ?? 1000));
+      throw new Error('deadline exceeded');
+    }
+    override async readStdout(r?: { maxLen?: number }, o?: { signal?: AbortSignal }) {
+      void r;
+      if (!this.streaming) return { data: Buffer.alloc(0), eof: true };
+      this.stdoutReads++;
+      await new Promise<void>((res, rej) => {
+        const onAbort = () => { clearTimeout(t); rej(new Error('aborted')); };
+        const t = setTimeout(() => { o?.signal?.removeEventListener('abort', onAbort); res(); }, 10);
+        o?.signal?.addEventListener('abort', onAbort, { once: true });
+      });
+      return { data: Buffer.from('x'), eof: false };
+    }
+  }
+
+  function makePod(agent: FaultyAgent) {
+    const rec = { boots: 0, stops: [] as Array<{ force?: boolean } | undefined>, die: () => {} };
+    const pod = new Pod({
+      podId: 'p1', namespace: 'ns', logger: silentLogger(), timings,
+      events: { publish: async (topic, _type, value) => { events.push({ topic, value }); } },
+      sandboxFactory: async () => {
+        rec.boots++;
+        const shared = mkdtempSync(join(dir, 'shared-'));
+        const exited = new Promise<void>((r) => { rec.die = r; });
+        const sb: PodSandbox = {
+          agent: agent as unknown as AgentClient, vmPid: 4242, sharedDir: shared, guestSharedDir: '/run/shared',
+          exited, stop: async (o) => { rec.stops.push(o); rec.die(); },
+        };
+        return sb;
+      },
+    });
+    return { pod, rec };
+  }
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'kata-pod-faults-'));
+    bundle = join(dir, 'bundle');
+    mkdirSync(join(bundle, 'rootfs'), { recursive: true });
+    writeFileSync(join(bundle, 'config.json'), JSON.stringify({ process: { args: ['sh'] }, root: { path: 'rootfs' } }));
+  });
+  after(() => {
+    assert.deepEqual(mountsUnder(dir), []);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('an agent that stops answering health checks: QEMU is killed (forced stop) and every process ends 255', async () => {
+    const agent = new FaultyAgent();
+    const { pod, rec } = makePod(agent);
+    try {
+      await pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '' });
+      await pod.start('c1', '');
+      await pod.create({ id: 'c2', bundle, rootfs: [], stdio: io, checkpoint: '' }); // created, never started
+      const w1 = pod.wait('c1', '');
+      const w2 = pod.wait('c2', '');
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(rec.stops, [], 'healthy: no stop');
+      agent.hung = true;
+      assert.equal((await w1).status, 255);
+      assert.equal((await w2).status, 255);
+      assert.deepEqual(rec.stops, [{ force: true }], 'stopped once, forced');
+      assert.equal(pod.state('c1', '').status, TaskStatus.STOPPED);
+      const exits = events.filter((e) => e.topic === '/tasks/exit').map((e) => containerd.events.TaskExit.decode(e.value));
+      assert.deepEqual(exits.map((e) => [e.containerId, e.exitStatus, e.pid]).sort(), [['c1', 255, 4242], ['c2', 255, 4242]]);
+      assert.equal(pod.vmPid, 0, 'the pod has no VM any more');
+      await pod.delete('c1', '');
+      await pod.delete('c2', '');
+      assert.equal(pod.isEmpty, true);
+    } finally {
+      agent.hung = false;
+      await pod.close();
+      events.length = 0;
+    }
+  });
+
+  it('an exit is reported after the grace even while a child keeps the output flowing; the output is cut at the drain bound, and Delete waits for it', async () => {
+    const agent = new FaultyAgent();
+    const { pod } = makePod(agent);
+    const out = join(dir, 'out.log');
+    try {
+      await pod.create({ id: 'c1', bundle, rootfs: [], stdio: { ...io, stdout: `file://${out}` }, checkpoint: '' });
+      agent.streaming = true;
+      await pod.start('c1', '');
+      const t0 = Date.now();
+      const w = pod.wait('c1', '');
+      agent.exitOf('c1').resolve({ exitStatus: 5, exitedAt: new Date() });
+      assert.equal((await w).status, 5);
+      assert.ok(agent.streaming, 'reported while the output still flows');
+      const readsAtExit = agent.stdoutReads;
+      const del = pod.delete('c1', '');
+      await del;
+      const tDel = Date.now() - t0;
+      assert.ok(tDel >= timings.ioDrainTimeoutMs - 20, `Delete waited for the drain bound (${tDel} ms)`);
+      assert.ok(agent.stdoutReads > readsAtExit, 'the output kept draining after the exit');
+      const readsAtCut = agent.stdoutReads;
+      await new Promise((r) => setTimeout(r, 100));
+      assert.ok(agent.stdoutReads <= readsAtCut + 1, 'no reads after the cut');
+    } finally {
+      agent.streaming = false;
+      await pod.close();
+      events.length = 0;
+    }
+  });
+
+  it('output that ends within the drain bound is complete before Delete answers', async () => {
+    const agent = new FaultyAgent();
+    const { pod } = makePod(agent);
+    try {
+      await pod.create({ id: 'c1', bundle, rootfs: [], stdio: { ...io, stdout: `file://${join(dir, 'out2.log')}` }, checkpoint: '' });
+      agent.streaming = true;
+      await pod.start('c1', '');
+      agent.exitOf('c1').resolve({ exitStatus: 0, exitedAt: new Date() });
+      assert.equal((await pod.wait('c1', '')).status, 0);
+      setTimeout(() => { agent.streaming = false; }, 100);
+      const t0 = Date.now();
+      await pod.delete('c1', '');
+      assert.equal(agent.streaming, false, 'Delete answered after the output ended');
+      assert.ok(Date.now() - t0 < timings.ioDrainTimeoutMs, 'and before the bound');
+    } finally {
+      agent.streaming = false;
+      await pod.close();
+      events.length = 0;
+    }
+  });
+
+  it('a failed Create of the pod\'s first container stops the VM it booted; a later one leaves the VM to the others', async () => {
+    const agent = new FaultyAgent();
+    const { pod, rec } = makePod(agent);
+    try {
+      agent.failCreate = 'crun: executable file not found';
+      await assert.rejects(pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '' }), /executable file not found/);
+      assert.equal(rec.boots, 1);
+      assert.equal(rec.stops.length, 1, 'the VM booted for it is stopped');
+      assert.equal(pod.isEmpty, true);
+      assert.deepEqual(mountsUnder(dir), []);
+      agent.failCreate = undefined;
+      await pod.create({ id: 'c1', bundle, rootfs: [], stdio: io, checkpoint: '' });
+      assert.equal(rec.boots, 2, 'the id is reused at once, on a new VM');
+      agent.failCreate = 'bad spec';
+      await assert.rejects(pod.create({ id: 'c2', bundle, rootfs: [], stdio: io, checkpoint: '' }), /bad spec/);
+      assert.equal(rec.stops.length, 1, 'c1 keeps its VM');
+      assert.deepEqual([...pod.containers.keys()], ['c1']);
+    } finally {
+      await pod.close();
+      events.length = 0;
+    }
   });
 });
