@@ -9,10 +9,11 @@
  * stopped after its await leaves it stopped.
  */
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { isAbsolute, join } from 'node:path';
+import { isAbsolute, join, posix } from 'node:path';
 import type { Logger } from '../log/index.js';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors/index.js';
 import { Cgroup, type CgroupStats } from './cgroup.js';
+import { missingCommand, pathFromEnv } from './exec-lookup.js';
 import { ContainerProcess, type ExitInfo } from './process.js';
 import type { OciRuntime } from './runtime.js';
 import { checkContainerOp, nextContainerState, type ContainerEvent, type ContainerState } from './state.js';
@@ -111,6 +112,16 @@ export class Container {
     if (!st?.isDirectory()) throw new InvalidArgumentError(`rootfs_path: ${rootPath} is not a directory in the guest`);
     spec.root = root;
     const proc = spec.process as JsonObject;
+    // As runc at create: a command that is certainly not in the rootfs fails the Create, not the Start.
+    const args = Array.isArray(proc.args) ? proc.args : [];
+    const missing = await missingCommand(rootPath, typeof args[0] === 'string' ? args[0] : '', {
+      ...(pathFromEnv(proc.env) !== undefined ? { pathEnv: pathFromEnv(proc.env)! } : {}),
+      ...(typeof proc.cwd === 'string' ? { cwd: proc.cwd } : {}),
+      mountPoints: Array.isArray(spec.mounts)
+        ? spec.mounts.flatMap((m) => (isObject(m) && typeof m.destination === 'string' ? [posix.normalize(m.destination)] : []))
+        : [],
+    });
+    if (missing) throw new InvalidArgumentError(`spec_json.process.args[0]: ${missing}`);
     proc.terminal = opts.terminal;
     if (opts.terminal && opts.rows && opts.cols) proc.consoleSize = { height: opts.rows, width: opts.cols };
     const linux = isObject(spec.linux) ? spec.linux : {};

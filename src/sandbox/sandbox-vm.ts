@@ -81,6 +81,10 @@ export interface SandboxVmOptions {
   signal?: AbortSignal;
   /** Call timeout of the kept AgentClient (its default otherwise). */
   agentCallTimeoutMs?: number;
+  /** QEMU binary (default qemu-system-x86_64 on PATH). */
+  qemuBinary?: string;
+  /** virtiofsd binary (default /usr/lib/qemu/virtiofsd). */
+  virtiofsdBinary?: string;
   /**
    * The pod's network namespace (what CNI made, e.g. /var/run/netns/cni-…):
    * QEMU runs in it (`nsenter --net=<netns>`), so it can open the pod's tap.
@@ -123,15 +127,19 @@ export function sandboxBootOptions(image: GuestImage, o: {
   accel?: AccelSetting;
   kernelParams?: readonly string[];
   agentArgs?: readonly string[];
+  qemuBinary?: string;
+  virtiofsdBinary?: string;
 } = {}): BootVmProviderOptions {
   const machine = o.machine ?? 'microvm';
   return {
+    ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}),
+    ...(o.virtiofsdBinary !== undefined ? { virtiofsdBinary: o.virtiofsdBinary } : {}),
     kernel: machine === 'microvm' ? image.vmlinux : image.bzImage,
     initrd: image.initrd,
     kernelParams: agentKernelParams(image, o),
     machine,
     accel: o.accel ?? 'auto',
-    kvmProbe: { kernel: image.vmlinux, initrd: image.bareInitrd },
+    kvmProbe: { kernel: image.vmlinux, initrd: image.bareInitrd, ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}) },
     agent: { transport: 'virtio-serial', portName: AGENT_PORT },
     sharedFsTag: SHARED_FS_TAG,
     // The share holds container root filesystems that the host writes and

@@ -16,8 +16,8 @@
  * guest image stays $KATA_TS_GUEST_DIR (bin/containerd-shim-kata-v2 sets it);
  * with one, its kernel/initrd/image are used and the image's other files
  * (cmdline, manifest, bare initrd) are taken from the kernel's directory.
- * Settings SandboxVm cannot honour yet (another QEMU or virtiofsd binary,
- * shared_fs other than virtio-fs, virtio_fs_cache other than auto) refuse
+ * Settings SandboxVm cannot honour yet (shared_fs other than virtio-fs,
+ * virtio_fs_cache other than auto) refuse
  * the pod rather than being ignored. An invalid file fails the pod's first
  * Create with the validation error.
  */
@@ -63,7 +63,7 @@ export async function cleanupNetworkState(dir: string, logger: Logger): Promise<
 /** What of the configuration the pod VM uses: its SandboxVm options and whether it joins the pod network. */
 export interface PodVmSettings {
   image: GuestImage;
-  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'readyTimeoutMs'>;
+  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary'>;
   network: boolean;
 }
 
@@ -76,14 +76,22 @@ export function podVmSettings(cfg: KataConfig, env: NodeJS.ProcessEnv = process.
   const unsupported = (key: string, v: string, want: string): never => {
     throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] ${key} = ${JSON.stringify(v)} is not supported yet (supported: ${want})`);
   };
-  if (q.path !== DEFAULT_QEMU) unsupported('path', q.path, DEFAULT_QEMU);
-  if (q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD) unsupported('virtio_fs_daemon', q.virtio_fs_daemon, DEFAULT_VIRTIOFSD);
+  // Every file the VM needs, checked now: the pod's Create then fails naming the key, not later
+  // with a spawn error or a half-built image.
+  const mustExist = (key: string, f: string): void => {
+    if (!existsSync(f)) throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] ${key} = ${JSON.stringify(f)}: no such file`);
+  };
+  mustExist('path', q.path);
+  mustExist('virtio_fs_daemon', q.virtio_fs_daemon);
   if (q.shared_fs !== 'virtio-fs') unsupported('shared_fs', q.shared_fs, 'virtio-fs');
   if (q.virtio_fs_cache !== 'auto') unsupported('virtio_fs_cache', q.virtio_fs_cache, 'auto');
   let image: GuestImage;
   if (cfg.source === 'default') {
     image = loadGuestImage(guestImageDir(env));
   } else {
+    mustExist('kernel', q.kernel);
+    mustExist('initrd', q.initrd);
+    mustExist('image', q.image);
     const base = loadGuestImage(dirname(q.kernel));
     image = {
       ...base,
@@ -91,9 +99,6 @@ export function podVmSettings(cfg: KataConfig, env: NodeJS.ProcessEnv = process.
       initrd: q.initrd,
       rootfs: q.image,
     };
-    for (const f of [q.kernel, q.initrd, q.image]) {
-      if (!existsSync(f)) throw new FailedPreconditionError(`config ${cfg.file}: ${f} does not exist`);
-    }
   }
   return {
     image,
@@ -103,6 +108,8 @@ export function podVmSettings(cfg: KataConfig, env: NodeJS.ProcessEnv = process.
       accel: q.machine_accelerators,
       kernelParams: kernelParamWords(cfg),
       readyTimeoutMs: cfg.agent.kata.dial_timeout * 1000,
+      ...(q.path !== DEFAULT_QEMU ? { qemuBinary: q.path } : {}),
+      ...(q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD ? { virtiofsdBinary: q.virtio_fs_daemon } : {}),
     },
     network: cfg.runtime.internetworking_model === 'tcfilter',
   };

@@ -382,12 +382,13 @@ test('agent on the host: containers, exec, signals, stdio, terminal, pause, stat
     await c.removeContainer({ containerId: never });
     await neverWait;
     assert.equal((await neverRead).eof, true);
-    // A command that does not exist fails StartContainer with crun's message.
+    // A command that is not in the rootfs fails CreateContainer with runc's wording (runc looks it up at create), leaving nothing.
     const bad = uid('noexec');
-    await c.createContainer({ containerId: bad, spec: spec(['/no-such-binary']), rootfsPath: f.rootfs });
-    await expectCode(c.startContainer({ containerId: bad }), Code.UNKNOWN, /no-such-binary/);
-    assert.notEqual((await c.waitProcess({ containerId: bad })).exitStatus, 0);
-    await c.removeContainer({ containerId: bad });
+    await expectCode(c.createContainer({ containerId: bad, spec: spec(['/no-such-binary']), rootfsPath: f.rootfs }), Code.INVALID_ARGUMENT,
+      /process\.args\[0\]: exec: "\/no-such-binary": stat \/no-such-binary: no such file or directory/);
+    await expectCode(c.createContainer({ containerId: bad, spec: spec(['no-such-binary']), rootfsPath: f.rootfs }), Code.INVALID_ARGUMENT,
+      /exec: "no-such-binary": executable file not found in \$PATH/);
+    await expectCode(c.waitProcess({ containerId: bad }), Code.NOT_FOUND);
     assert.equal((await c.check()).sandboxId, 'sb-e2e');
   });
 

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { allPids, mentionsPath, pidAlive, procCmdline, waitFor, type Containerd, type CtrResult } from './containerd.js';
 
@@ -180,4 +180,66 @@ export class CtrEvents {
 /** The parts of a `ctr events` line of a /tasks/exit of `id` (exec `execId`, default the init) with `status`. */
 export function exitEventParts(c: Containerd, container: string, status: number, execId = container): string[] {
   return [` ${c.namespace} /tasks/exit `, `"container_id":"${container}"`, `"id":"${execId}"`, `"exit_status":${status}`];
+}
+
+/** VmRSS of a process in bytes (undefined once it is gone). */
+export function rssBytes(pid: number): number | undefined {
+  try {
+    const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Sets the `[debug] level` of containerd's config.toml; it takes effect at
+ * the next start (c.restart()). Returns the level it replaced. At "debug"
+ * containerd logs every event a shim forwards (see forwardedEvents) and
+ * starts new shims with -debug.
+ */
+export function setContainerdLogLevel(c: Containerd, level: string): string {
+  const config = readFileSync(c.configPath, 'utf8');
+  const re = /(\[debug\][^[]*?level = )"([a-z]+)"/;
+  const m = re.exec(config);
+  assert.ok(m, `no [debug] level in ${c.configPath}`);
+  writeFileSync(c.configPath, config.replace(re, `$1"${level}"`));
+  return m[2]!;
+}
+
+/** The size of containerd's log now: a mark for forwardedEvents. */
+export function logMark(c: Containerd): number {
+  try {
+    return statSync(c.logPath).size;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * How many events of `topic` (e.g. "/tasks/exit") in namespace `namespace`
+ * containerd accepted from shims (its `msg="event forwarded"` debug lines)
+ * between byte offsets `from` and `to` (default: the end) of its log.
+ * Only counts while containerd runs at debug level (setContainerdLogLevel).
+ */
+export function forwardedEvents(c: Containerd, topic: string, from: number, to?: number, namespace = c.namespace): number {
+  let text: string;
+  const fd = openSync(c.logPath, 'r');
+  try {
+    const end = to ?? statSync(c.logPath).size;
+    const buf = Buffer.alloc(Math.max(0, end - from));
+    let off = 0;
+    while (off < buf.length) {
+      const n = readSync(fd, buf, off, buf.length - off, from + off);
+      if (n === 0) break;
+      off += n;
+    }
+    text = buf.subarray(0, off).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+  const needle = `msg="event forwarded" ns=${namespace} topic=${topic} `;
+  let count = 0;
+  for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) count++;
+  return count;
 }

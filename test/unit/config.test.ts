@@ -227,6 +227,10 @@ internetworking_model = "none"
   };
   unsupported('shared_fs = "virtio-9p"\n', /\/e\/c\.toml: \[hypervisor\.qemu\] shared_fs = "virtio-9p" is not supported yet \(supported: virtio-fs\)/);
   unsupported('virtio_fs_cache = "always"\n', /virtio_fs_cache/);
-  unsupported('path = "/opt/qemu"\n', /\[hypervisor\.qemu\] path/);
-  unsupported('', /\/nope\/rootfs\.img does not exist/, '/nope/rootfs.img');
+  unsupported('path = "/opt/qemu"\n', /\/e\/c\.toml: \[hypervisor\.qemu\] path = "\/opt\/qemu": no such file/);
+  unsupported('virtio_fs_daemon = "/opt/vfsd"\nvalid_virtio_fs_daemon_paths = ["/opt/vfsd"]\n', /virtio_fs_daemon = "\/opt\/vfsd": no such file/);
+  unsupported('', /\[hypervisor\.qemu\] image = "\/nope\/rootfs\.img": no such file/, '/nope/rootfs.img');
+  // Another QEMU that exists is used, for the VM and for the KVM probe.
+  const other = parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\npath = "/bin/true"\n`, '/e/c.toml', 'etc');
+  assert.equal(podVmSettings(other, {}).vm.qemuBinary, '/bin/true');
 });
