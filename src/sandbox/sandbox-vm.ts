@@ -145,6 +145,10 @@ export function sandboxBootOptions(image: GuestImage, o: {
     // The share holds container root filesystems that the host writes and
     // the guest reads and writes: coherent caching (auto), not `always`.
     sharedFsCache: 'auto',
+    // A pod's VM never outlives its shim: nothing would ever attach to it again
+    // (containerd runs `delete` for a dead shim), so its death takes QEMU and
+    // virtiofsd along at once, whatever state the shim was in (kata-containers#2198).
+    dieWithParent: true,
     blockDevices: [{ kind: 'block', id: 'guestroot', path: image.rootfs, readOnly: true, serial: 'guestroot' }],
   };
 }

@@ -9,6 +9,16 @@ import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs'
 import type { Logger } from '../log/index.js';
 import { sleep } from './abort.js';
 
+/**
+ * `command args` run so that the kernel SIGKILLs it when its parent dies
+ * (PR_SET_PDEATHSIG through util-linux setpriv, which then execs the command:
+ * same pid, same start time). The setting survives the exec of a non-setuid
+ * binary, and further execs (nsenter → QEMU).
+ */
+export function dieWithParent(command: string, args: readonly string[]): { command: string; args: string[] } {
+  return { command: 'setpriv', args: ['--pdeathsig', 'KILL', '--', command, ...args] };
+}
+
 /** A process as recorded in a state file. */
 export interface ProcessIdentity {
   pid: number;

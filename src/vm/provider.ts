@@ -62,6 +62,8 @@ export interface BootVmProviderOptions {
   blockDevices?: readonly BlockDeviceConfig[];
   qemuBinary?: string;
   virtiofsdBinary?: string;
+  /** QEMU and virtiofsd die with this process (QemuVmOptions.dieWithParent). */
+  dieWithParent?: boolean;
   timeouts?: Partial<QemuTimeouts>;
   /**
    * Called with the started VM; resolves when the guest is ready (the agent
@@ -111,6 +113,7 @@ export class BootVmProvider implements VmProvider {
       ...(req.tapNets !== undefined ? { tapNets: req.tapNets } : {}),
       ...(req.netns !== undefined ? { netns: req.netns } : {}),
       ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}),
+      ...(o.dieWithParent !== undefined ? { dieWithParent: o.dieWithParent } : {}),
       ...(o.timeouts !== undefined ? { timeouts: o.timeouts } : {}),
     });
     await vm.start(req.signal ? { signal: req.signal } : {});

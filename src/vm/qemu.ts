@@ -34,7 +34,7 @@ import { abortError, deadline, settlesWithin, sleep, withDeadline } from './abor
 import { DEFAULT_AGENT_PORT_NAME, type BlockDeviceConfig, type DeviceConfig, type TapNetConfig } from './devices/index.js';
 import { hostTscKhz } from './host.js';
 import { unmountTree } from './mounts.js';
-import { identify, isAlive, tailFile, terminate, waitGone } from './proc.js';
+import { dieWithParent, identify, isAlive, tailFile, terminate, waitGone } from './proc.js';
 import { buildQemuArgs, QEMU_BINARY, type MachineType, type QemuConfig } from './qemu-args.js';
 import { QmpClient, type QmpCallOptions, type QmpEvent, type QmpStatus } from './qmp-client.js';
 import { parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStateFile, type VmState } from './state.js';
@@ -135,6 +135,12 @@ export interface QemuVmOptions extends MachineOptions {
   nsenterBinary?: string;
   /** Default `qemu-system-x86_64` from PATH. */
   qemuBinary?: string;
+  /**
+   * QEMU and virtiofsd die with the process that started them (SIGKILL via
+   * PR_SET_PDEATHSIG), so that a VM never outlives its shim (kata-containers#2198).
+   * Default false: the VM may outlive its starter and be attached to later.
+   */
+  dieWithParent?: boolean;
   logger: Logger;
   timeouts?: Partial<QemuTimeouts>;
 }
@@ -152,6 +158,7 @@ interface Plan {
   sharedFs: SharedFsOptions | undefined;
   netns: string | undefined;
   nsenter: string;
+  dieWithParent: boolean;
 }
 
 /**
@@ -267,6 +274,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       sharedFs: opts.sharedFs,
       netns: opts.netns,
       nsenter: opts.nsenterBinary ?? 'nsenter',
+      dieWithParent: opts.dieWithParent ?? false,
     };
     this.st = {
       version: VM_STATE_VERSION,
@@ -471,6 +479,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
           ...(sf.cache !== undefined ? { cache: sf.cache } : {}),
           ...(sf.sandbox !== undefined ? { sandbox: sf.sandbox } : {}),
           ...(sf.announceSubmounts !== undefined ? { announceSubmounts: sf.announceSubmounts } : {}),
+          dieWithParent: plan.dieWithParent,
         });
         this.st.virtiofsd = this.virtiofsd.state();
         this.st.mounts = [...this.st.virtiofsd.mounts];
@@ -530,12 +539,13 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
 
   private spawnQemu(plan: Plan): void {
     const qemuArgs = buildQemuArgs(plan.qemuConfig);
-    const { command, args } = qemuLaunchCommand(plan.binary, qemuArgs, plan.netns, plan.nsenter);
+    const launch = qemuLaunchCommand(plan.binary, qemuArgs, plan.netns, plan.nsenter);
+    const { command, args } = plan.dieWithParent ? dieWithParent(launch.command, launch.args) : launch;
     const logFd = openSync(this.st.qemuLog, 'a', 0o600);
     let child: ChildProcess;
     try {
       // detached: setsid(), so QEMU has its own session and process group
-      // and outlives the shim; stdio to a file, never a pipe to us.
+      // (and outlives its starter unless dieWithParent); stdio to a file, never a pipe to us.
       child = spawn(command, args, { detached: true, stdio: ['ignore', logFd, logFd] });
     } finally {
       closeSync(logFd);

@@ -18,7 +18,7 @@ import { FailedPreconditionError, InvalidArgumentError, UnavailableError } from 
 import type { Logger } from '../log/index.js';
 import { abortError, deadline, sleep } from './abort.js';
 import { bindSelfShared, unmountTree } from './mounts.js';
-import { identify, isAlive, tailFile, terminate, type ProcessIdentity } from './proc.js';
+import { dieWithParent, identify, isAlive, tailFile, terminate, type ProcessIdentity } from './proc.js';
 import { checkAbsPath, checkSocketPath } from './validate.js';
 
 export const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
@@ -50,6 +50,8 @@ export interface VirtiofsdOptions {
   logFile: string;
   /** Bind + make-shared the shared dir first (default true). */
   makeShared?: boolean;
+  /** SIGKILLed when its starter dies (see QemuVmOptions.dieWithParent). */
+  dieWithParent?: boolean;
   extraArgs?: readonly string[];
   logger: Logger;
   signal?: AbortSignal;
@@ -118,7 +120,8 @@ export class Virtiofsd {
       ];
       const logFd = openSync(opts.logFile, 'a', 0o600);
       try {
-        child = spawn(binary, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+        const launch = opts.dieWithParent ? dieWithParent(binary, args) : { command: binary, args };
+        child = spawn(launch.command, launch.args, { detached: true, stdio: ['ignore', logFd, logFd] });
       } finally {
         closeSync(logFd);
       }

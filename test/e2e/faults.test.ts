@@ -5,9 +5,10 @@
  * virtiofsd, mounts, containerd's task state dir, the run root and its
  * sockets, containerd's fds and the fds of shims that outlive the case).
  *
- *   1. the shim killed — while the VM boots (Create in flight) and while a
- *      two-container pod runs: containerd's `shim delete` stops the VM from
- *      the state on disk; nothing is left.
+ *   1. the shim killed — while the VM boots (Create in flight), while a
+ *      two-container pod runs, and in the middle of its own shutdown: QEMU and
+ *      virtiofsd die with it (PR_SET_PDEATHSIG), containerd's `shim delete`
+ *      cleans the rest from the state on disk; nothing is left.
  *   2. QEMU killed: both containers of the pod end with 255 (Wait through a
  *      foreground `ctr run`, and /tasks/exit), `ctr task delete` and
  *      `ctr containers delete` work, nothing is left.
@@ -191,6 +192,30 @@ describe('faults and leaks (issue 8)', { timeout: 40 * 60_000 }, () => {
       });
     } finally {
       await removeIfPresent(c, [X, P]);
+    }
+  });
+
+  it('the shim killed during its own shutdown (SIGTERM, then SIGKILL 100 ms later): QEMU dies with it, containerd\'s delete cleans the rest', { timeout: 300_000 }, async () => {
+    const id = 'k9-shutdown';
+    const b = podBaseline(c);
+    try {
+      await withLogOnFailure(c, async () => {
+        ok(await run(['-d', IMG, id, 'sleep', '100000']), 'run -d');
+        const sock = shimSocket(c, id);
+        const shims = c.shimPids().filter((p) => !b.shims.includes(p));
+        assert.equal(shims.length, 1, 'one shim');
+        const qemus = newQemus(b.qemus);
+        assert.equal(qemus.length, 1, 'one QEMU');
+        process.kill(shims[0]!, 'SIGTERM'); // the shim starts stopping the VM …
+        await new Promise((r) => setTimeout(r, 100));
+        if (pidAlive(shims[0]!)) process.kill(shims[0]!, 'SIGKILL'); // … and dies in the middle
+        await waitFor(() => !pidAlive(qemus[0]!), { timeoutMs: 30_000, what: 'QEMU gone with its shim' });
+        await waitFor(async () => !(await tasks(c)).has(id), { timeoutMs: 60_000, intervalMs: 200, what: 'task gone after the shim died' });
+        ok(await c.ctr(['containers', 'delete', id]), 'containers delete');
+        await assertPodGone(c, b, 'shim killed during shutdown', { socket: sock });
+      });
+    } finally {
+      await removeIfPresent(c, [id]);
     }
   });
 

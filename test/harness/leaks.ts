@@ -94,22 +94,21 @@ export function findLeaks(before: LeakSnapshot, after: LeakSnapshot, opts: LeakO
   for (const [m, n] of count(after.mounts)) {
     if (cb.has(m) && n > cb.get(m)!) out.push(`mount ${m} stacked ${n - cb.get(m)!} more time(s)`);
   }
-  const slack = opts.fdSlack ?? 0;
-  for (const [k, b] of Object.entries(before.fds)) {
-    const a = after.fds[Number(k)];
-    if (!b || !a) continue;
-    if (a.length > b.length + slack) {
-      const rest = [...b];
-      const extra: string[] = [];
-      for (const t of a) {
-        const i = rest.indexOf(t);
-        if (i >= 0) rest.splice(i, 1);
-        else extra.push(t);
-      }
-      out.push(`pid ${k}: ${a.length - b.length} more fds (${b.length} → ${a.length}): ${extra.slice(0, 20).join(', ')}`);
-    }
-  }
+  for (const [k, b] of Object.entries(before.fds)) out.push(...fdGrowth(`pid ${k}`, b, after.fds[Number(k)], opts.fdSlack ?? 0));
   return out;
+}
+
+/** A line describing the fds `after` has beyond `before` (more than `slack`), or [] ; [] when either is unknown. */
+export function fdGrowth(what: string, before: string[] | undefined, after: string[] | undefined, slack = 0): string[] {
+  if (!before || !after || after.length <= before.length + slack) return [];
+  const rest = [...before];
+  const extra: string[] = [];
+  for (const t of after) {
+    const i = rest.indexOf(t);
+    if (i >= 0) rest.splice(i, 1);
+    else extra.push(t);
+  }
+  return [`${what}: ${after.length - before.length} more fds (${before.length} → ${after.length}): ${extra.slice(0, 20).join(', ')}`];
 }
 
 export function assertNoLeaks(before: LeakSnapshot, after: LeakSnapshot, opts: LeakOptions = {}): void {

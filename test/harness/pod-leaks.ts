@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { procCmdline, waitFor, type Containerd } from './containerd.js';
 import { entries, qemuPids, socketsUnder, taskStateDir, virtiofsdPids } from './ctr.js';
-import { findLeaks, openFds, snapshot, type LeakSnapshot } from './leaks.js';
+import { fdGrowth, findLeaks, openFds, snapshot, type LeakSnapshot } from './leaks.js';
 
 export interface PodBaseline {
   snap: LeakSnapshot;
@@ -55,19 +55,6 @@ export interface PodGoneOptions {
   timeoutMs?: number;
   /** containerd fd growth tolerated (default 0). */
   containerdFdSlack?: number;
-}
-
-/** Lines describing fd growth of one process ([] if none). */
-function fdGrowth(what: string, before: string[] | undefined, after: string[] | undefined, slack: number): string[] {
-  if (!before || !after || after.length <= before.length + slack) return [];
-  const rest = [...before];
-  const extra: string[] = [];
-  for (const t of after) {
-    const i = rest.indexOf(t);
-    if (i >= 0) rest.splice(i, 1);
-    else extra.push(t);
-  }
-  return [`${what}: ${after.length - before.length} more fds (${before.length} → ${after.length}): ${extra.slice(0, 20).join(', ')}`];
 }
 
 /**
