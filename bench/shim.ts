@@ -27,7 +27,7 @@
  *    QEMU's (and virtiofsd's) RSS per pod. Target: shim ≤ 45 MB.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -36,6 +36,7 @@ import { DEFAULT_RESOURCES, loadGuestImage, SandboxVm } from '../src/sandbox/ind
 import { mountsUnder } from '../src/vm/index.js';
 import { BUSYBOX_IMAGE, importImage, projectRoot } from '../test/harness/busybox.js';
 import { descendants, procCmdline, startContainerd, waitFor, type Containerd, type CtrResult } from '../test/harness/containerd.js';
+import { rssBytes } from '../test/harness/ctr.js';
 
 const IMG = BUSYBOX_IMAGE;
 const KATA = 'io.containerd.kata.v2';
@@ -75,16 +76,6 @@ function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-/** VmRSS of a pid in bytes (undefined if gone). */
-function rssOf(pid: number): number | undefined {
-  try {
-    const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 function check(r: CtrResult, what: string): CtrResult {
@@ -180,7 +171,7 @@ async function main(): Promise<void> {
       check(await run(rt[n], ['-d', IMG, `long-${n}`, 'sleep', '100000']), `run -d ${n}`);
       const shim = await waitFor(() => c.shimPids().find((p) => !before.has(p)), { timeoutMs: 60_000, what: `${n} shim` });
       shimOf[n] = shim;
-      rss.shimAfterStart[n] = rssOf(shim);
+      rss.shimAfterStart[n] = rssBytes(shim);
     }
     const execMs: Record<Name, number[]> = { kata: [], runc: [] };
     for (let i = 1; i <= a.execs; i++) {
@@ -190,12 +181,12 @@ async function main(): Promise<void> {
       }
     }
     log(`exec: kata ${execMs.kata.join(' ')} ms; runc ${execMs.runc.join(' ')} ms`);
-    for (const n of ['runc', 'kata'] as Name[]) rss.shimAfterExecs[n] = rssOf(shimOf[n]!);
+    for (const n of ['runc', 'kata'] as Name[]) rss.shimAfterExecs[n] = rssBytes(shimOf[n]!);
     const kids = descendants([shimOf.kata!]);
     const qemu = kids.find((p) => /^qemu-system/.test(basename(procCmdline(p)[0] ?? '')));
     const vfs = kids.find((p) => /virtiofsd/.test(basename(procCmdline(p)[0] ?? '')));
-    rss.qemu = (qemu !== undefined ? rssOf(qemu) : undefined) ?? 0;
-    rss.virtiofsd = (vfs !== undefined ? rssOf(vfs) : undefined) ?? 0;
+    rss.qemu = (qemu !== undefined ? rssBytes(qemu) : undefined) ?? 0;
+    rss.virtiofsd = (vfs !== undefined ? rssBytes(vfs) : undefined) ?? 0;
     for (const n of ['runc', 'kata'] as Name[]) {
       await c.ctr(['task', 'kill', '-s', 'KILL', `long-${n}`], { timeoutMs: 60_000 });
       await c.ctr(['task', 'delete', '-f', `long-${n}`], { timeoutMs: 120_000 });

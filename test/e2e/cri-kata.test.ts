@@ -48,6 +48,7 @@ import { BUSYBOX_IMAGE, importImage, pauseImage, busyboxImage, projectRoot } fro
 import { createTestNetwork, type TestNetwork } from '../harness/cni.js';
 import { mountsUnder, pidAlive, procCmdline, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
 import { entries, qemuPids, virtiofsdPids } from '../harness/ctr.js';
+import { guestKernelRelease } from '../harness/guest.js';
 
 const ID = /^[0-9a-f]{64}$/;
 /** runp/create/start/stopp/rmp under TCG: generous. */
@@ -121,11 +122,6 @@ function ctrConfig(name: string, command: string[], extra: Record<string, unknow
 
 // ---------------------------------------------------------------------------
 // what runs on the host
-
-function guestKernelRelease(): string {
-  const dir = process.env.KATA_TS_GUEST_DIR || join(projectRoot(), 'build', 'guest');
-  return (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { kernel: { release: string } }).kernel.release;
-}
 
 // ---------------------------------------------------------------------------
 // set-up and teardown

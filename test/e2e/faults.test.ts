@@ -42,6 +42,7 @@ import { mountsUnder, pidAlive, startContainerd, waitFor, withLogOnFailure, type
 import {
   bundleDir, CtrEvents, exitEventParts, ok, podAnnotations, qemuPids, removeIfPresent, shimSocket, show, tasks, waitStatus,
 } from '../harness/ctr.js';
+import { defaultConfigText } from '../harness/guest.js';
 import { assertPodGone, podBaseline } from '../harness/pod-leaks.js';
 import { expectCode } from '../harness/status.js';
 
@@ -56,8 +57,7 @@ describe('faults and leaks (issue 8)', { timeout: 40 * 60_000 }, () => {
   let cfgDir: string;
   /** The project's default configuration with absolute guest paths, and `edit` applied. */
   const config = (name: string, edit: (text: string) => string): string => {
-    const base = readFileSync(join(projectRoot(), 'config', 'configuration.toml'), 'utf8')
-      .replaceAll('"../build/guest/', `"${join(projectRoot(), 'build', 'guest')}/`);
+    const base = defaultConfigText();
     const text = edit(base);
     assert.notEqual(text, base, `config ${name}: the edit changed nothing`);
     const path = join(cfgDir, `${name}.toml`);

@@ -7,12 +7,13 @@
  * enable_annotations allows. One VM.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { busyboxImage, importImage, projectRoot } from '../harness/busybox.js';
 import { startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
+import { defaultConfigText } from '../harness/guest.js';
 
 const KATA = 'io.containerd.kata.v2';
 
@@ -24,8 +25,7 @@ describe('configuration through containerd (ConfigPath, annotations)', () => {
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'kata-cfg-'));
     // The project's default file, with absolute guest paths and a marker kernel parameter.
-    const text = readFileSync(join(projectRoot(), 'config', 'configuration.toml'), 'utf8')
-      .replaceAll('"../build/guest/', `"${join(projectRoot(), 'build', 'guest')}/`)
+    const text = defaultConfigText()
       .replace(/^kernel_params = ""$/m, 'kernel_params = "kata_ts_cfg=configpath"');
     assert.match(text, /kata_ts_cfg=configpath/);
     cfgPath = join(dir, 'configuration.toml');

@@ -21,7 +21,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { constants, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { constants, mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { release } from 'node:os';
 import { basename, join } from 'node:path';
@@ -41,8 +41,9 @@ import {
   type CtrResult,
 } from '../harness/containerd.js';
 import {
-  bundleDir, containerIds, CtrEvents, forceRemove, ok, podAnnotations, qemuPids, shimSocket, show, tasks, waitStatus,
+  bundleDir, containerIds, CtrEvents, forceRemove, ok, podAnnotations, qemuPids, setContainerdLogLevel, shimSocket, show, tasks, waitStatus,
 } from '../harness/ctr.js';
+import { guestKernelRelease } from '../harness/guest.js';
 import { assertPodGone, podBaseline } from '../harness/pod-leaks.js';
 import { expectCode } from '../harness/status.js';
 
@@ -107,13 +108,6 @@ for (const w of wanted) {
   if (!ALL_RUNTIMES.some((r) => r.name === w)) throw new Error(`KATA_E2E_RUNTIMES: unknown runtime ${w} (runc, kata)`);
 }
 const RUNTIMES = ALL_RUNTIMES.filter((r) => wanted.includes(r.name));
-
-/** Kernel release of the guest image (build/guest/manifest.json, or $KATA_TS_GUEST_DIR's). */
-function guestKernelRelease(): string {
-  const dir = process.env.KATA_TS_GUEST_DIR || join(projectRoot(), 'build', 'guest');
-  const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { kernel: { release: string } };
-  return m.kernel.release;
-}
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -493,16 +487,14 @@ describe('containerd-shim-kata-v2 end to end (issue 5)', { timeout: 30 * 60_000 
             // runs at debug level across this restart: it then logs every event it accepts
             // (`msg="event forwarded" ns=… topic=/tasks/exit type=containerd.events.TaskExit`).
             // Until the exec below, the only exit in this namespace is X's.
-            const config = readFileSync(c.configPath, 'utf8');
-            const debugConfig = config.replace(/(\[debug\][^[]*?level = )"[a-z]+"/, '$1"debug"');
-            assert.notEqual(debugConfig, config, 'containerd log level set in config.toml');
+            const level = setContainerdLogLevel(c, 'debug');
+            assert.notEqual(level, 'debug', 'containerd ran at its usual level before');
             const logFrom = statSync(c.logPath).size;
-            writeFileSync(c.configPath, debugConfig);
             debugLevel = true;
             try {
               await c.restart();
             } finally {
-              writeFileSync(c.configPath, config); // restarted at the usual level in `finally`
+              setContainerdLogLevel(c, level); // restarted at the usual level in `finally`
             }
             ev = new CtrEvents(c);
             const evs = ev;

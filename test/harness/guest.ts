@@ -1,12 +1,23 @@
 /** The project's guest image for VM tests, built first when it is missing. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadGuestImage, type GuestImage } from '../../src/sandbox/index.js';
 import { projectRoot } from './busybox.js';
 
 export const GUEST_DIR = join(projectRoot(), 'build', 'guest');
+
+/** Kernel release of the guest image (build/guest/manifest.json, or $KATA_TS_GUEST_DIR's). */
+export function guestKernelRelease(): string {
+  const dir = process.env.KATA_TS_GUEST_DIR || GUEST_DIR;
+  return (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { kernel: { release: string } }).kernel.release;
+}
+
+/** The project's default configuration.toml with its guest paths made absolute (for a file of a test's own). */
+export function defaultConfigText(): string {
+  return readFileSync(join(projectRoot(), 'config', 'configuration.toml'), 'utf8').replaceAll('"../build/guest/', `"${GUEST_DIR}/`);
+}
 
 export function guestImage(): GuestImage {
   const need = ['vmlinux', 'initrd.img', 'rootfs.img', 'bare-initrd.img', 'cmdline', 'manifest.json'];
