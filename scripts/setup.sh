@@ -60,4 +60,8 @@ if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$(readlink -f "$shim")" ] |
 else
   log "not replacing $link (not ours); the tests use $shim directly"
 fi
+# The default configuration.toml at the end of Kata's lookup, naming this
+# checkout's guest image (last setup wins, as for the link above; an operator's
+# /etc/kata-containers/configuration.toml is read before it).
+node scripts/install-config.mjs
 log "ready"

@@ -10,16 +10,21 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { busyboxImage, importImage, projectRoot } from '../test/harness/busybox.js';
 import { startContainerd } from '../test/harness/containerd.js';
+import { findConfig } from '../src/config/index.js';
 
 async function main(): Promise<void> {
   const t0 = Date.now();
   const c = await startContainerd({
     runtimes: { kata: { runtimeType: 'io.containerd.kata.v2' } },
     extraPath: [join(projectRoot(), 'bin')],
+    // The shim finds its configuration.toml as on any host (the default setup installed).
+    kataConfig: 'system',
   });
   let code = 1;
   try {
     process.stderr.write(`[main] private containerd at ${c.address} (state in ${c.dir})\n`);
+    const cfg = findConfig();
+    process.stderr.write(`[main] the shim's configuration: ${cfg.file} (${cfg.source})\n`);
     await importImage(c, busyboxImage());
     process.stderr.write(`[main] ctr run --rm --runtime io.containerd.kata.v2 ${busyboxImage().name} hello …\n`);
     const t1 = Date.now();

@@ -1,14 +1,18 @@
 /**
  * configuration.toml in Kata's shape: one typed, validated config object.
  *
- * Lookup order (first hit wins): an explicit path (containerd's runtime
- * option `ConfigPath`), env `KATA_CONF_FILE`, /etc/kata-containers/configuration.toml,
- * then the project default `config/configuration.toml`. An explicit path or
- * KATA_CONF_FILE that does not exist is an error (never a silent fallback).
+ * Lookup order (first hit wins), Kata's: an explicit path (containerd's
+ * runtime option `ConfigPath`), env `KATA_CONF_FILE`,
+ * /etc/kata-containers/configuration.toml (the operator's), then
+ * /usr/share/defaults/kata-containers/configuration.toml (the default that
+ * scripts/setup.sh installs, rendered from this project's commented
+ * `config/configuration.toml` with the guest image's absolute paths: see
+ * renderDefaultConfig). An explicit path or KATA_CONF_FILE that does not
+ * exist is an error (never a silent fallback).
  *
  * Validation happens once, in loadConfig: every error names the file, the
  * key and what is allowed. Relative paths in a file are resolved against the
- * file's directory (the project default points into ../build/guest).
+ * file's directory (the template points into ../build/guest).
  *
  * Pod annotations `io.katacontainers.config.hypervisor.<key>` override the
  * file only for keys listed in `enable_annotations`; a path given by an
@@ -163,14 +167,43 @@ const NEVER_ANNOTATABLE = new Set<string>([
 export const ANNOTATION_PREFIX = 'io.katacontainers.config.hypervisor.';
 export const ETC_CONFIG = '/etc/kata-containers/configuration.toml';
 
+/** Where the package's default lives (Kata's place for it); scripts/setup.sh installs it. */
+export const DEFAULT_CONFIG = '/usr/share/defaults/kata-containers/configuration.toml';
+
+/** The first line of a default rendered by renderDefaultConfig: marks a file setup may replace. */
+export const DEFAULT_CONFIG_MARKER = '# kata-ts default configuration';
+
 /**
- * config/configuration.toml of this project: from dist/src/config/index.js
- * (compiled) or build/shim/*.mjs (the shim's bundle), whichever exists.
+ * config/configuration.toml of this project (the commented template, guest
+ * paths relative to it): from dist/src/config/index.js (compiled) or
+ * build/shim/*.mjs (the shim's bundle), whichever exists.
  */
-export function defaultConfigPath(): string {
+export function templateConfigPath(): string {
   const here = dirname(fileURLToPath(import.meta.url));
   const candidates = [resolve(here, '../../../config/configuration.toml'), resolve(here, '../../config/configuration.toml')];
   return candidates.find((c) => existsSync(c)) ?? candidates[0]!;
+}
+
+/**
+ * The installed default: the template's text with every relative path made
+ * absolute against the template's directory (so it names the guest image the
+ * builder produced, wherever the file is read from), under a header saying
+ * where it came from. Comments and layout stay as written.
+ */
+export function renderDefaultConfig(templateText: string, templateFile: string): string {
+  const base = dirname(resolve(templateFile));
+  // Validates the template first: an installed default must load.
+  parseConfig(templateText, templateFile, 'default');
+  const body = templateText.replace(/^(\s*[a-z_]+\s*=\s*)"(\.\.?\/[^"]*)"/gm, (_m, lhs: string, rel: string) => `${lhs}"${resolve(base, rel)}"`);
+  return [
+    DEFAULT_CONFIG_MARKER,
+    `# Installed by scripts/setup.sh from ${resolve(templateFile)}; setup rewrites it.`,
+    '# To change a setting, copy this file to /etc/kata-containers/configuration.toml',
+    '# and edit the copy (it is read first), or point containerd\'s runtime option',
+    '# ConfigPath at a file of your own.',
+    '',
+    body,
+  ].join('\n');
 }
 
 export interface LookupOptions {
@@ -179,7 +212,7 @@ export interface LookupOptions {
   env?: NodeJS.ProcessEnv;
   /** Default /etc/kata-containers/configuration.toml (tests change it). */
   etcPath?: string;
-  /** Default config/configuration.toml of the project. */
+  /** Default /usr/share/defaults/kata-containers/configuration.toml (tests change it). */
   defaultPath?: string;
 }
 
@@ -199,9 +232,9 @@ export function findConfig(opts: LookupOptions = {}): { file: string; source: Co
   }
   const etc = opts.etcPath ?? ETC_CONFIG;
   if (existsSync(etc)) return { file: resolve(etc), source: 'etc' };
-  const def = opts.defaultPath ?? defaultConfigPath();
+  const def = opts.defaultPath ?? DEFAULT_CONFIG;
   if (!existsSync(def)) {
-    throw new ConfigError(`no configuration: none of KATA_CONF_FILE, ${etc}, ${def} exists`);
+    throw new ConfigError(`no configuration: none of ConfigPath, KATA_CONF_FILE, ${etc}, ${def} is set or exists (scripts/setup.sh installs ${def})`);
   }
   return { file: resolve(def), source: 'default' };
 }

@@ -2,7 +2,8 @@
  * `kata-ts-runtime check` and `env` on this host, through bin/kata-ts-runtime:
  * the real probes (KVM boot probe, TCG boot, devices, tc mirred in a scratch
  * netns, virtiofsd start), and a broken config (missing kernel) that must
- * make check fail naming the path.
+ * make check fail naming the path; with no config named, the file the shim
+ * finds on this machine (the default scripts/setup.sh installed).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -14,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const BIN = join(ROOT, 'bin/kata-ts-runtime');
-const DEFAULT_CONFIG = join(ROOT, 'config/configuration.toml');
+const TEMPLATE_CONFIG = join(ROOT, 'config/configuration.toml');
 
 interface Out { code: number | null; stdout: string; stderr: string }
 
@@ -41,7 +42,7 @@ function line(probes: Line[], name: string): Line {
 }
 
 test('check on this host: a pod can run (TCG at least)', { timeout: 180_000 }, async () => {
-  const r = await cli(['check', '--json', '--config', DEFAULT_CONFIG]);
+  const r = await cli(['check', '--json', '--config', TEMPLATE_CONFIG]);
   const what = `exit ${r.code}\n${r.stdout}\n${r.stderr}`;
   const rep = JSON.parse(r.stdout) as { canRunPods: boolean; accelerator: string; verdict: string; probes: Line[] };
   assert.equal(r.code, 0, what);
@@ -66,7 +67,7 @@ test('check on this host: a pod can run (TCG at least)', { timeout: 180_000 }, a
   assert.ok(line(rep.probes, 'cgroup v2').detail.length > 0);
 
   // The screen form says the same.
-  const s = await cli(['check', '--config', DEFAULT_CONFIG]);
+  const s = await cli(['check', '--config', TEMPLATE_CONFIG]);
   assert.equal(s.code, 0, s.stdout + s.stderr);
   assert.match(s.stdout, /^ {2}ok {4}TCG /m);
   assert.match(s.stdout, /^a pod can run: accelerator (kvm|tcg)/m);
@@ -77,7 +78,7 @@ test('check with a missing kernel fails naming the path (config from KATA_CONF_F
   try {
     const missing = join(dir, 'no-such-vmlinux');
     const conf = join(dir, 'configuration.toml');
-    writeFileSync(conf, readFileSync(DEFAULT_CONFIG, 'utf8')
+    writeFileSync(conf, readFileSync(TEMPLATE_CONFIG, 'utf8')
       .replace(/^kernel = .*$/m, `kernel = ${JSON.stringify(missing)}`)
       .replace(/^initrd = .*$/m, `initrd = ${JSON.stringify(join(ROOT, 'build/guest/initrd.img'))}`)
       .replace(/^image = .*$/m, `image = ${JSON.stringify(join(ROOT, 'build/guest/rootfs.img'))}`));
@@ -100,21 +101,21 @@ test('check with a missing kernel fails naming the path (config from KATA_CONF_F
 });
 
 test('env prints the effective config and versions as TOML and JSON', { timeout: 60_000 }, async () => {
-  const j = await cli(['env', '--json', '--config', DEFAULT_CONFIG]);
+  const j = await cli(['env', '--json', '--config', TEMPLATE_CONFIG]);
   assert.equal(j.code, 0, j.stderr);
   const e = JSON.parse(j.stdout) as {
     meta: { config: string; config_source: string };
     versions: { qemu: string; guest_kernel: string; shim: string };
     hypervisor: { qemu: { default_memory: number; kernel: string } };
   };
-  assert.equal(e.meta.config, DEFAULT_CONFIG);
+  assert.equal(e.meta.config, TEMPLATE_CONFIG);
   assert.equal(e.meta.config_source, 'explicit');
   assert.match(e.versions.qemu, /^\d+\.\d+/);
   const manifest = JSON.parse(readFileSync(join(ROOT, 'build/guest/manifest.json'), 'utf8')) as { kernel: { release: string } };
   assert.equal(e.versions.guest_kernel, manifest.kernel.release);
   assert.equal(e.hypervisor.qemu.default_memory, 256);
   assert.equal(e.hypervisor.qemu.kernel, join(ROOT, 'build/guest/vmlinux'));
-  const t = await cli(['env', '--config', DEFAULT_CONFIG]);
+  const t = await cli(['env', '--config', TEMPLATE_CONFIG]);
   assert.equal(t.code, 0, t.stderr);
   assert.match(t.stdout, /^\[hypervisor\.qemu\]$/m);
   assert.match(t.stdout, /^default_memory = 256$/m);
@@ -122,4 +123,22 @@ test('env prints the effective config and versions as TOML and JSON', { timeout:
   const bad = await cli(['env'], { KATA_CONF_FILE: '/nonexistent/kata.toml' });
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /\/nonexistent\/kata\.toml \(KATA_CONF_FILE\): no such file/);
+});
+
+test('with no config named: the operator file or the default setup installed, naming a guest image that exists', { timeout: 60_000 }, async () => {
+  const j = await cli(['env', '--json']);
+  assert.equal(j.code, 0, j.stderr);
+  const e = JSON.parse(j.stdout) as { meta: { config: string; config_source: string }; hypervisor: { qemu: { kernel: string; initrd: string; image: string } } };
+  const etc = '/etc/kata-containers/configuration.toml';
+  if (existsSync(etc)) {
+    assert.deepEqual([e.meta.config, e.meta.config_source], [etc, 'etc']);
+  } else {
+    // scripts/setup.sh (run before any test) installed it, rendered from the template.
+    assert.deepEqual([e.meta.config, e.meta.config_source], ['/usr/share/defaults/kata-containers/configuration.toml', 'default']);
+    const text = readFileSync(e.meta.config, 'utf8');
+    assert.match(text, /^# kata-ts default configuration\n# Installed by scripts\/setup\.sh from \/.*\/config\/configuration\.toml;/);
+  }
+  for (const f of [e.hypervisor.qemu.kernel, e.hypervisor.qemu.initrd, e.hypervisor.qemu.image]) {
+    assert.ok(f.startsWith('/') && existsSync(f), `${f} (from ${e.meta.config}) exists`);
+  }
 });

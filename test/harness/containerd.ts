@@ -27,6 +27,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { defaultConfigText } from './guest.js';
 
 // ---------------------------------------------------------------------------
 // public types
@@ -69,6 +70,15 @@ export interface ContainerdOptions {
    * KATA_TS_RUN_ROOT defaults to <temp dir>/kata (see kataRunRoot); give it here to override.
    */
   env?: Record<string, string>;
+  /**
+   * Which configuration.toml the kata shims read when a pod gives no ConfigPath:
+   * `hermetic` (default) writes the project's default with this checkout's
+   * guest paths to <temp dir>/configuration.toml and points KATA_CONF_FILE
+   * at it (an env KATA_CONF_FILE given in `env` wins), so a test never reads
+   * the machine's /etc/kata-containers or /usr/share/defaults; `system`
+   * leaves the shim's own lookup alone (the main job).
+   */
+  kataConfig?: 'hermetic' | 'system';
   /** Raw TOML appended to config.toml (must not repeat a table written here). */
   extraConfig?: string;
   /** Parent of the temp dir (default os.tmpdir()). */
@@ -496,6 +506,12 @@ class Instance implements Containerd {
     this.netnsPath = opts.netns === undefined ? undefined : opts.netns.startsWith('/') ? opts.netns : join('/var/run/netns', opts.netns);
     // Hermetic by default: our shim's run root under the temp dir, whatever the caller's environment says.
     const env: NodeJS.ProcessEnv = { ...process.env, KATA_TS_RUN_ROOT: join(l.dir, 'kata'), ...(opts.env ?? {}) };
+    if ((opts.kataConfig ?? 'hermetic') === 'hermetic' && !opts.env?.KATA_CONF_FILE) {
+      env.KATA_CONF_FILE = join(l.dir, 'configuration.toml');
+      writeFileSync(env.KATA_CONF_FILE, defaultConfigText());
+    } else if (opts.kataConfig === 'system' && !opts.env?.KATA_CONF_FILE) {
+      delete env.KATA_CONF_FILE;
+    }
     this.kataRunRoot = env.KATA_TS_RUN_ROOT!;
     env.PATH = [...(opts.extraPath ?? []).map((p) => resolve(p)), env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'].join(':');
     delete env.CONTAINERD_ADDRESS;

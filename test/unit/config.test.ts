@@ -5,11 +5,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ANNOTATION_PREFIX, applyAnnotations, ConfigError, defaultConfigPath, findConfig, loadConfig, parseConfig, type KataConfig,
+  ANNOTATION_PREFIX, applyAnnotations, ConfigError, DEFAULT_CONFIG, DEFAULT_CONFIG_MARKER, findConfig, renderDefaultConfig, templateConfigPath, loadConfig, parseConfig, type KataConfig,
 } from '../../src/config/index.js';
 import { Code } from '../../src/errors/index.js';
 import { podVmSettings } from '../../src/shim/pod-vm.js';
@@ -40,7 +41,7 @@ function bad(text: string, ...needles: string[]): void {
   });
 }
 
-test('lookup order: explicit, KATA_CONF_FILE, /etc, project default', () => {
+test('lookup order: explicit, KATA_CONF_FILE, /etc, the installed default', () => {
   withDir((dir) => {
     const [a, b, etc, def] = ['a.toml', 'b.toml', 'etc.toml', 'def.toml'].map((f) => join(dir, f)) as [string, string, string, string];
     for (const f of [a, b, etc, def]) writeFileSync(f, MIN);
@@ -54,7 +55,9 @@ test('lookup order: explicit, KATA_CONF_FILE, /etc, project default', () => {
     assert.throws(() => findConfig({ explicit: join(dir, 'nope.toml'), env, etcPath: etc, defaultPath: def }), /nope\.toml.*ConfigPath.*no such file/);
     assert.throws(() => findConfig({ env: { KATA_CONF_FILE: join(dir, 'gone.toml') }, etcPath: etc, defaultPath: def }), /gone\.toml.*KATA_CONF_FILE/);
     rmSync(def);
-    assert.throws(() => findConfig({ env: {}, etcPath: etc, defaultPath: def }), /no configuration/);
+    assert.throws(() => findConfig({ env: {}, etcPath: etc, defaultPath: def }), /no configuration: none of ConfigPath, KATA_CONF_FILE, .*etc\.toml, .*def\.toml is set or exists/);
+    // Kata's place for the packaged default.
+    assert.equal(DEFAULT_CONFIG, '/usr/share/defaults/kata-containers/configuration.toml');
     const cfg = loadConfig({ explicit: a });
     assert.equal(cfg.file, a);
     assert.equal(cfg.source, 'explicit');
@@ -73,14 +76,52 @@ test('defaults and the project default file', () => {
   assert.equal(c.agent.kata.guest_runtime, '/usr/bin/crun');
   assert.deepEqual(c.hypervisor.qemu.enable_annotations, []);
 
-  const d = loadConfig({ explicit: defaultConfigPath() });
-  const root = join(defaultConfigPath(), '../..');
+  const d = loadConfig({ explicit: templateConfigPath() });
+  const root = join(templateConfigPath(), '../..');
   assert.equal(d.hypervisor.qemu.kernel, join(root, 'build/guest/vmlinux'));
   assert.equal(d.hypervisor.qemu.initrd, join(root, 'build/guest/initrd.img'));
   assert.equal(d.hypervisor.qemu.image, join(root, 'build/guest/rootfs.img'));
   assert.equal(d.hypervisor.qemu.virtio_fs_daemon, '/usr/lib/qemu/virtiofsd');
   assert.equal(d.hypervisor.qemu.default_memory, 256);
   assert.equal(d.factory.enable_template, false);
+});
+
+test('the installed default: the template with absolute guest paths, installed only over our own file', () => {
+  const template = templateConfigPath();
+  const text = renderDefaultConfig(readFileSync(template, 'utf8'), template);
+  assert.ok(text.startsWith(`${DEFAULT_CONFIG_MARKER}\n`));
+  assert.match(text, new RegExp(`^kernel = "${join(template, '../../build/guest/vmlinux').replace(/[.\/]/g, '\\$&')}"$`, 'm'));
+  assert.doesNotMatch(text, /"\.\.\//, 'no relative path left');
+  // Same settings wherever the rendered file is read from (a relative path would move with it).
+  const a = parseConfig(text, '/usr/share/defaults/kata-containers/configuration.toml', 'default');
+  const b = loadConfig({ explicit: template });
+  assert.deepEqual({ ...a, file: '', source: '' }, { ...b, file: '', source: '' });
+  // The comments of the template are kept (the file is what an operator reads).
+  assert.match(text, /^# the read-only erofs root image/m);
+  // A template that does not validate is never rendered.
+  assert.throws(() => renderDefaultConfig('[hypervisor.qemu]\nbogus = 1\n', '/x/conf.toml'), /unknown key \[hypervisor\.qemu\] bogus/);
+
+  withDir((dir) => {
+    const target = join(dir, 'share/defaults/kata-containers/configuration.toml');
+    const install = (): { status: number | null; stderr: string } => {
+      const r = spawnSync(process.execPath, [join(template, '../../scripts/install-config.mjs'), target], { encoding: 'utf8', timeout: 30_000 });
+      return { status: r.status, stderr: r.stderr };
+    };
+    let r = install();
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /installed .*configuration\.toml/);
+    assert.equal(readFileSync(target, 'utf8'), text);
+    // Twice: nothing to do.
+    r = install();
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stderr, '');
+    // Someone else's file there (a real Kata's): left alone.
+    writeFileSync(target, '# kata-containers 3.x\n[hypervisor.qemu]\n');
+    r = install();
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /not replacing/);
+    assert.equal(readFileSync(target, 'utf8'), '# kata-containers 3.x\n[hypervisor.qemu]\n');
+  });
 });
 
 test('relative paths resolve against the file', () => {
@@ -189,12 +230,13 @@ test('annotations: a path must be in its valid list (security boundary)', () => 
 });
 
 test('the shim maps the config to the pod VM (podVmSettings)', () => {
-  const root = join(defaultConfigPath(), '../..');
+  const root = join(templateConfigPath(), '../..');
   const guest = join(root, 'build/guest');
-  // Project default: the guest image is $KATA_TS_GUEST_DIR's, the shape the file's.
-  const d = loadConfig({ explicit: defaultConfigPath() });
-  const s = podVmSettings({ ...d, source: 'default' }, { KATA_TS_GUEST_DIR: guest });
+  // The installed default (rendered from the template): the image the builder produced.
+  const d = parseConfig(renderDefaultConfig(readFileSync(templateConfigPath(), 'utf8'), templateConfigPath()), DEFAULT_CONFIG, 'default');
+  const s = podVmSettings(d);
   assert.equal(s.image.dir, guest);
+  assert.equal(s.image.vmlinux, join(guest, 'vmlinux'));
   assert.deepEqual(s.vm, { resources: { vcpus: 1, memoryMiB: 256 }, machine: 'microvm', accel: 'auto', kernelParams: [], readyTimeoutMs: 90_000 });
   assert.equal(s.network, true);
   // An operator file: its paths, vCPUs, memory, accel, params, network model.
@@ -210,7 +252,7 @@ dial_timeout = 30
 [runtime]
 internetworking_model = "none"
 `, '/etc/kata-containers/configuration.toml', 'etc'), { [A('default_memory')]: '512' });
-  const o = podVmSettings(c, {});
+  const o = podVmSettings(c);
   assert.deepEqual(o.vm, { resources: { vcpus: 1, memoryMiB: 512 }, machine: 'microvm', accel: 'tcg', kernelParams: ['guest.debug'], readyTimeoutMs: 30_000 });
   assert.equal(o.image.vmlinux, join(guest, 'vmlinux'));
   assert.equal(o.image.rootfs, join(guest, 'rootfs.img'));
@@ -219,7 +261,7 @@ internetworking_model = "none"
   // What SandboxVm cannot honour yet refuses the pod, naming file and key.
   const unsupported = (extra: string, needle: RegExp, image = `${guest}/rootfs.img`): void => {
     const x = parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${image}"\n${extra}`, '/e/c.toml', 'etc');
-    assert.throws(() => podVmSettings(x, {}), (err: unknown) => {
+    assert.throws(() => podVmSettings(x), (err: unknown) => {
       assert.equal((err as { code: number }).code, Code.FAILED_PRECONDITION);
       assert.match((err as Error).message, needle);
       return true;
@@ -230,7 +272,15 @@ internetworking_model = "none"
   unsupported('path = "/opt/qemu"\n', /\/e\/c\.toml: \[hypervisor\.qemu\] path = "\/opt\/qemu": no such file/);
   unsupported('virtio_fs_daemon = "/opt/vfsd"\nvalid_virtio_fs_daemon_paths = ["/opt/vfsd"]\n', /virtio_fs_daemon = "\/opt\/vfsd": no such file/);
   unsupported('', /\[hypervisor\.qemu\] image = "\/nope\/rootfs\.img": no such file/, '/nope/rootfs.img');
+  // The debug switches: the kernel's messages and the init's timings, the agent's --debug, the console into the log.
+  const dbg = podVmSettings(parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\n`
+    + 'kernel_params = "x=1"\nenable_debug = true\n[agent.kata]\nenable_debug = true\n', '/e/c.toml', 'etc'));
+  assert.deepEqual(dbg.vm.kernelParams, ['debug', 'guest.debug', 'x=1']);
+  assert.deepEqual(dbg.vm.agentArgs, ['--debug']);
+  assert.equal(dbg.consoleToLog, true);
+  assert.equal(s.consoleToLog, false);
+  assert.equal(s.vm.agentArgs, undefined);
   // Another QEMU that exists is used, for the VM and for the KVM probe.
   const other = parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\npath = "/bin/true"\n`, '/e/c.toml', 'etc');
-  assert.equal(podVmSettings(other, {}).vm.qemuBinary, '/bin/true');
+  assert.equal(podVmSettings(other).vm.qemuBinary, '/bin/true');
 });

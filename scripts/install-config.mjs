@@ -1,0 +1,27 @@
+#!/usr/bin/env node
+// Installs the default configuration.toml where Kata's lookup ends
+// (/usr/share/defaults/kata-containers/configuration.toml, or the path given
+// as the first argument), rendered from this checkout's commented
+// config/configuration.toml with the guest image's paths made absolute
+// (src/config renderDefaultConfig). A file there that this project did not
+// install (no marker line: a real Kata's, say) is left alone. Idempotent:
+// rewrites only when the text changes, atomically (temp file + rename).
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DEFAULT_CONFIG, DEFAULT_CONFIG_MARKER, renderDefaultConfig, templateConfigPath } from '../dist/src/config/index.js';
+
+const target = process.argv[2] ?? DEFAULT_CONFIG;
+const template = templateConfigPath();
+const text = renderDefaultConfig(readFileSync(template, 'utf8'), template);
+if (existsSync(target)) {
+  const old = readFileSync(target, 'utf8');
+  if (!old.startsWith(DEFAULT_CONFIG_MARKER)) {
+    process.stderr.write(`[setup] not replacing ${target} (not installed by this project)\n`);
+    process.exit(0);
+  }
+  if (old === text) process.exit(0);
+}
+mkdirSync(dirname(target), { recursive: true, mode: 0o755 });
+writeFileSync(`${target}.tmp`, text, { mode: 0o644 });
+renameSync(`${target}.tmp`, target);
+process.stderr.write(`[setup] installed ${target} (from ${template})\n`);
