@@ -37,7 +37,7 @@ import { AgentClient } from '../agent-client/index.js';
 import { FailedPreconditionError, InvalidArgumentError, StatusError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import {
-  BootVmProvider, mountsUnder, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmResources,
+  BootVmProvider, followFile, mountsUnder, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmResources,
 } from '../vm/index.js';
 import type { GuestImage } from './guest-image.js';
 
@@ -92,6 +92,13 @@ export interface SandboxVmOptions {
   netns?: string;
   /** The pod's NIC: a tap in `netns` (src/network attachTap) given to the guest as virtio-net. */
   network?: SandboxNetwork;
+  /**
+   * Each line of the guest console (kernel, init and agent output), from the
+   * first, as QEMU writes it, until the VM is stopped (e.g. into the shim's
+   * log when debugging is on). Without it the console is only in the VM's
+   * console.log, whose tail a failed boot's error carries.
+   */
+  onConsoleLine?: (line: string) => void;
 }
 
 /** The guest NIC: the host tap it is backed by, its MAC (the pod veth's), the MTU it advertises. */
@@ -292,6 +299,11 @@ export class SandboxVm {
       throw err;
     }
     this.vmValue = vm;
+    if (o.onConsoleLine) {
+      // Stopped after the VM (cleanups run last first), so its last lines come through too.
+      const follower = followFile(vm.consoleLogPath, o.onConsoleLine);
+      this.push('console follower', () => follower.stop());
+    }
     this.push('vm', () => vm.stop());
     const agent = probed as AgentClient | undefined;
     if (!agent) throw new FailedPreconditionError(`sandbox ${o.sandboxId}: VM ready without an agent connection`);

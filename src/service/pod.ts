@@ -93,8 +93,13 @@ export type SandboxFactory = (req: {
   netnsPath?: string;
   /** The first container's OCI annotations (the pod's: io.katacontainers.config.* may shape its VM). */
   annotations?: Record<string, string>;
+  /** The first container's linux.cgroupsPath (the pod's cgroup when it is the sandbox container). */
+  cgroupsPath?: string;
   signal?: AbortSignal;
 }) => Promise<PodSandbox>;
+
+/** What of the first container's spec the factory sees. */
+type SandboxSpecInfo = Omit<Parameters<SandboxFactory>[0], 'podId' | 'signal'>;
 
 export interface PodOptions {
   podId: string;
@@ -201,17 +206,15 @@ export class Pod {
 
   // ---------------------------------------------------------------- the VM
 
-  private sandbox(signal?: AbortSignal, netnsPath?: string, annotations?: Record<string, string>): Promise<PodSandbox> {
+  private sandbox(signal?: AbortSignal, from: SandboxSpecInfo = {}): Promise<PodSandbox> {
     if (this.closing.signal.aborted) return Promise.reject(new FailedPreconditionError(`pod ${this.opts.podId}: the shim is shutting down`));
     if (!this.sandboxPromise) {
       const started = Date.now();
       const p = (async () => {
         if (this.stopping) await this.stopping;
-        const sb = await this.opts.sandboxFactory({
-          podId: this.opts.podId, ...(netnsPath ? { netnsPath } : {}), ...(annotations ? { annotations } : {}), ...(signal ? { signal } : {}),
-        });
+        const sb = await this.opts.sandboxFactory({ podId: this.opts.podId, ...from, ...(signal ? { signal } : {}) });
         this.sandboxValue = sb;
-        this.sandboxNetns = netnsPath;
+        this.sandboxNetns = from.netnsPath;
         this.log.info({ vmPid: sb.vmPid, ms: Date.now() - started }, 'pod VM ready');
         void this.oomLoop(sb);
         void this.healthLoop(sb);
@@ -431,7 +434,7 @@ export class Pod {
     try {
       const io = await ProcessIo.open(req.stdio, { containerId: req.id, namespace: this.opts.namespace, logger: this.log });
       undo.push(() => io.close(IO_CLOSE_TIMEOUT_MS));
-      const sb = await this.sandbox(signal, networkNamespacePath(hostSpec), specAnnotations(hostSpec));
+      const sb = await this.sandbox(signal, sandboxSpecInfo(hostSpec));
       const hostDir = join(sb.sharedDir, req.id);
       const guestDir = posix.join(sb.guestSharedDir, req.id);
       const pause = req.id === this.opts.podId ? undefined : this.containers.get(this.opts.podId)?.init;
@@ -677,6 +680,18 @@ export class Pod {
 }
 
 /** The network namespace path a spec names (CRI's pod netns), if any. */
+/** The netns, annotations and cgroupsPath of a container's spec, as the SandboxFactory takes them. */
+function sandboxSpecInfo(spec: unknown): SandboxSpecInfo {
+  const netnsPath = networkNamespacePath(spec);
+  const annotations = specAnnotations(spec);
+  const cg = (spec as { linux?: { cgroupsPath?: unknown } } | null)?.linux?.cgroupsPath;
+  return {
+    ...(netnsPath ? { netnsPath } : {}),
+    ...(annotations ? { annotations } : {}),
+    ...(typeof cg === 'string' && cg !== '' ? { cgroupsPath: cg } : {}),
+  };
+}
+
 export function networkNamespacePath(spec: unknown): string | undefined {
   const ns = (spec as { linux?: { namespaces?: unknown } } | null)?.linux?.namespaces;
   if (!Array.isArray(ns)) return undefined;

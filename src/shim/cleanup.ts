@@ -13,7 +13,7 @@ import { cleanupFromState, mountsUnder, readStateFile, unmountTree } from '../vm
 import { hasCode, Code } from '../errors/index.js';
 import { ID_PATTERN } from '../service/ids.js';
 import { releaseContainerDir } from '../service/rootfs.js';
-import { cleanupNetworkState } from './pod-vm.js';
+import { cleanupCgroupState, cleanupNetworkState } from './pod-vm.js';
 
 export interface PodCleanupReport {
   vmPid?: number;
@@ -50,6 +50,7 @@ export async function cleanupPodDir(dir: string, logger: Logger): Promise<PodCle
     if (!hasCode(err, Code.NOT_FOUND)) logger.warn({ err, dir }, 'vm state unreadable: cleaning the pod dir only');
   }
   await cleanupNetworkState(dir, logger);
+  await cleanupCgroupState(dir, logger);
   await unmountTree(dir).catch((err: unknown) => logger.warn({ err, dir }, 'unmount under pod dir failed'));
   report.leftMounts = mountsUnder(dir);
   if (report.leftMounts.length === 0) {

@@ -9,23 +9,22 @@
  * `<pod dir>/network.json` before each step, for `delete` after a crash.
  *
  * The VM's shape comes from configuration.toml (src/config; found through
- * KATA_CONF_FILE, /etc/kata-containers/configuration.toml, the project
- * default), read once when the serving shim starts: vCPUs, memory, machine
- * type, accelerator, kernel params, agent dial timeout, network model, and
- * the guest files. With no operator file (the project default is in use) the
- * guest image stays $KATA_TS_GUEST_DIR (bin/containerd-shim-kata-v2 sets it);
- * with one, its kernel/initrd/image are used and the image's other files
- * (cmdline, manifest, bare initrd) are taken from the kernel's directory.
+ * ConfigPath, KATA_CONF_FILE, /etc/kata-containers/configuration.toml, the
+ * installed default), read once when the serving shim starts: vCPUs, memory,
+ * machine type, accelerator, kernel params, agent dial timeout, network
+ * model, debug switches and the guest files: its kernel/initrd/image are used
+ * and the image's other files (cmdline, manifest, bare initrd) are taken
+ * from the kernel's directory.
  * Settings SandboxVm cannot honour yet (shared_fs other than virtio-fs,
  * virtio_fs_cache other than auto) refuse
  * the pod rather than being ignored. An invalid file fails the pod's first
  * Create with the validation error.
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
 import { applyAnnotations, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
+import { cgroupPathOf, HostCgroup, removeCreated, type HostCgroupState } from '../cgroups/host.js';
 import type { Logger } from '../log/index.js';
 import {
   attachTap, DEFAULT_TAP_NAME, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState,
@@ -34,18 +33,29 @@ import { loadGuestImage, SandboxVm, type GuestImage, type SandboxVmOptions } fro
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
 export const NETWORK_STATE_FILE = 'network.json';
-
-export function guestImageDir(env: NodeJS.ProcessEnv = process.env): string {
-  const d = env['KATA_TS_GUEST_DIR'];
-  if (d) return resolve(d);
-  // dist/src/shim/pod-vm.js → the project root (bin/containerd-shim-kata-v2 sets the variable for the bundle)
-  return resolve(dirname(fileURLToPath(import.meta.url)), '../../../build/guest');
-}
+/** The host cgroup dirs a sandbox_cgroup_only pod made (for `delete` after a crash). */
+export const CGROUP_STATE_FILE = 'cgroup.json';
 
 function writeNetworkState(dir: string, st: TapState): void {
   const path = join(dir, NETWORK_STATE_FILE);
   writeFileSync(`${path}.tmp`, JSON.stringify(st), { mode: 0o600 });
   renameSync(`${path}.tmp`, path);
+}
+
+/** Removes the pod cgroup a dead shim left (delete, stale pod dir); its processes die with the shim. */
+export async function cleanupCgroupState(dir: string, logger: Logger): Promise<void> {
+  const path = join(dir, CGROUP_STATE_FILE);
+  if (!existsSync(path)) return;
+  try {
+    const st = JSON.parse(readFileSync(path, 'utf8')) as HostCgroupState;
+    if (!Array.isArray(st.created) || st.created.some((d) => typeof d !== 'string' || !d.startsWith('/sys/fs/cgroup/'))) {
+      throw new Error(`${path}: not a cgroup state`);
+    }
+    await removeCreated(st.created);
+    rmSync(path, { force: true });
+  } catch (err) {
+    logger.error({ err }, 'removing the pod cgroup failed');
+  }
 }
 
 /** Removes the tap and filters a dead shim left (delete, stale pod dir). */
@@ -63,15 +73,39 @@ export async function cleanupNetworkState(dir: string, logger: Logger): Promise<
 /** What of the configuration the pod VM uses: its SandboxVm options and whether it joins the pod network. */
 export interface PodVmSettings {
   image: GuestImage;
-  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary'>;
+  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary'>;
   network: boolean;
+  /** [hypervisor.qemu] enable_debug: the guest console goes into the shim's log. */
+  consoleToLog: boolean;
+}
+
+/** The configuration the serving shim read at start, or why it could not. */
+export type ShimConfig = { cfg: KataConfig; err?: undefined } | { cfg?: undefined; err: unknown };
+
+/**
+ * Reads and validates the configuration once, when the serving shim starts
+ * (containerd's runtime option ConfigPath, handed over by `start`, first),
+ * and logs the file in use. [runtime] enable_debug turns the shim's log to
+ * debug (as `-debug` does). A bad file is kept as the error every pod's
+ * Create then fails with.
+ */
+export function loadShimConfig(logger: Logger): ShimConfig {
+  try {
+    const cfg = loadConfig({ explicit: process.env['KATA_TS_CONFIG_PATH'] });
+    if (cfg.runtime.enable_debug) logger.level = 'debug';
+    logger.info({ config: cfg.file, source: cfg.source, debug: logger.level === 'debug' }, 'configuration');
+    return { cfg };
+  } catch (err) {
+    logger.error({ err }, 'configuration invalid: pods will be refused');
+    return { err };
+  }
 }
 
 const DEFAULT_QEMU = '/usr/bin/qemu-system-x86_64';
 const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 
 /** Maps the config to the VM's settings; FAILED_PRECONDITION for what SandboxVm cannot do yet. */
-export function podVmSettings(cfg: KataConfig, env: NodeJS.ProcessEnv = process.env): PodVmSettings {
+export function podVmSettings(cfg: KataConfig): PodVmSettings {
   const q = cfg.hypervisor.qemu;
   const unsupported = (key: string, v: string, want: string): never => {
     throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] ${key} = ${JSON.stringify(v)} is not supported yet (supported: ${want})`);
@@ -85,52 +119,43 @@ export function podVmSettings(cfg: KataConfig, env: NodeJS.ProcessEnv = process.
   mustExist('virtio_fs_daemon', q.virtio_fs_daemon);
   if (q.shared_fs !== 'virtio-fs') unsupported('shared_fs', q.shared_fs, 'virtio-fs');
   if (q.virtio_fs_cache !== 'auto') unsupported('virtio_fs_cache', q.virtio_fs_cache, 'auto');
-  let image: GuestImage;
-  if (cfg.source === 'default') {
-    image = loadGuestImage(guestImageDir(env));
-  } else {
-    mustExist('kernel', q.kernel);
-    mustExist('initrd', q.initrd);
-    mustExist('image', q.image);
-    const base = loadGuestImage(dirname(q.kernel));
-    image = {
-      ...base,
-      ...(q.machine_type === 'microvm' ? { vmlinux: q.kernel } : { bzImage: q.kernel }),
-      initrd: q.initrd,
-      rootfs: q.image,
-    };
-  }
+  mustExist('kernel', q.kernel);
+  mustExist('initrd', q.initrd);
+  mustExist('image', q.image);
+  const base = loadGuestImage(dirname(q.kernel));
+  const image: GuestImage = {
+    ...base,
+    ...(q.machine_type === 'microvm' ? { vmlinux: q.kernel } : { bzImage: q.kernel }),
+    initrd: q.initrd,
+    rootfs: q.image,
+  };
   return {
     image,
     vm: {
       resources: { vcpus: q.default_vcpus, memoryMiB: q.default_memory },
       machine: q.machine_type,
       accel: q.machine_accelerators,
-      kernelParams: kernelParamWords(cfg),
+      // Kata's hypervisor debug: the kernel's messages on the console (after the image's `quiet`, so it wins)
+      // and the init's timings; the agent's debug log (it writes to the console too).
+      kernelParams: [...(q.enable_debug ? ['debug', 'guest.debug'] : []), ...kernelParamWords(cfg)],
+      ...(cfg.agent.kata.enable_debug ? { agentArgs: ['--debug'] } : {}),
       readyTimeoutMs: cfg.agent.kata.dial_timeout * 1000,
       ...(q.path !== DEFAULT_QEMU ? { qemuBinary: q.path } : {}),
       ...(q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD ? { virtiofsdBinary: q.virtio_fs_daemon } : {}),
     },
     network: cfg.runtime.internetworking_model === 'tcfilter',
+    consoleToLog: q.enable_debug,
   };
 }
 
-export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory {
-  // Read and validated once, when the serving shim starts; the file in use is logged.
-  let cfg: KataConfig | undefined;
-  let cfgErr: unknown;
-  try {
-    // containerd's runtime option ConfigPath (handed over by `start`) comes first.
-    cfg = loadConfig({ explicit: process.env['KATA_TS_CONFIG_PATH'] });
-    logger.info({ config: cfg.file, source: cfg.source }, 'configuration');
-  } catch (err) {
-    cfgErr = err;
-    logger.error({ err }, 'configuration invalid: pods will be refused');
-  }
-  return async ({ podId, netnsPath: podNetns, annotations, signal }) => {
-    if (!cfg) throw cfgErr;
+export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConfig): SandboxFactory {
+  return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, signal }) => {
+    const cfg = config.cfg;
+    if (!cfg) throw config.err;
     // io.katacontainers.config.hypervisor.* of the pod: only keys in enable_annotations, paths only from valid_*_paths.
     const settings = podVmSettings(applyAnnotations(cfg, annotations));
+    // [runtime] sandbox_cgroup_only: the shim joins the pod's cgroup first, so QEMU and virtiofsd are born in it.
+    const cgroup = cfg.runtime.sandbox_cgroup_only ? await joinPodCgroup(dir, cgroupsPath, logger) : undefined;
     const image = settings.image;
     const netnsPath = settings.network ? podNetns : undefined;
     let tap: TapState | undefined;
@@ -150,11 +175,13 @@ export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory 
       }
       s = await SandboxVm.start({
         sandboxId: podId, dir, image, logger, ...settings.vm,
+        ...(settings.consoleToLog ? { onConsoleLine: consoleLogger(logger) } : {}),
         ...(signal ? { signal } : {}),
         ...(netnsPath && tap && net ? { netns: netnsPath, network: { tapName: tap.tap, mac: net.iface.mac, mtu: net.iface.mtu } } : {}),
       });
     } catch (err) {
       await undoNetwork();
+      await cgroup?.undo();
       throw err;
     }
     try {
@@ -166,6 +193,7 @@ export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory 
     } catch (err) {
       await s.stop().catch(() => {});
       await undoNetwork();
+      await cgroup?.undo();
       throw err;
     }
     const vm = s.vm;
@@ -181,9 +209,56 @@ export function bootSandboxFactory(logger: Logger, dir: string): SandboxFactory 
       // QEMU holds the tap: the VM goes first.
       stop: (opts) => s.stop(opts).finally(async () => {
         await undoNetwork();
+        await cgroup?.undo();
         stopped?.();
       }),
     };
     return sb;
   };
+}
+
+/** Guest console lines into the shim's log, at debug level. */
+function consoleLogger(logger: Logger): (line: string) => void {
+  const log = logger.child({ source: 'vm-console' });
+  return (line) => {
+    if (line.trim() !== '') log.debug({ line }, 'guest console');
+  };
+}
+
+/**
+ * Makes the pod's host cgroup (the sandbox container's linux.cgroupsPath)
+ * and moves the shim into it; undo() moves the shim back where it was and
+ * removes what was made. A pod without a cgroupsPath keeps the shim's cgroup.
+ */
+async function joinPodCgroup(dir: string, cgroupsPath: string | undefined, logger: Logger): Promise<{ undo: () => Promise<void> } | undefined> {
+  if (!cgroupsPath) {
+    logger.warn('sandbox_cgroup_only: the sandbox container names no linux.cgroupsPath; the VM stays in the shim\'s cgroup');
+    return undefined;
+  }
+  const origin = readFileSync('/proc/self/cgroup', 'utf8');
+  const cg = await HostCgroup.create(cgroupPathOf(cgroupsPath));
+  const state = join(dir, CGROUP_STATE_FILE);
+  writeFileSync(`${state}.tmp`, JSON.stringify(cg.state()), { mode: 0o600 });
+  renameSync(`${state}.tmp`, state);
+  let undone: Promise<void> | undefined;
+  const undo = (): Promise<void> => {
+    undone ??= (async () => {
+      try {
+        await cg.leave(process.pid, origin);
+        await cg.remove();
+        rmSync(state, { force: true });
+      } catch (err) {
+        logger.error({ err, cgroup: cg.path }, 'leaving or removing the pod cgroup failed');
+      }
+    })();
+    return undone;
+  };
+  try {
+    await cg.enter(process.pid);
+  } catch (err) {
+    await undo();
+    throw new FailedPreconditionError(`joining cgroup ${cg.path}: ${(err as Error).message}`, { cause: err });
+  }
+  logger.info({ cgroup: cg.path, dirs: cg.dirs }, 'the shim (and so QEMU and virtiofsd) in the pod cgroup');
+  return { undo };
 }

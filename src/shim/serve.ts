@@ -13,7 +13,7 @@ import { TtrpcServer } from '../ttrpc/index.js';
 import { mountsUnder } from '../vm/index.js';
 import type { ShimFlags } from './flags.js';
 import { openShimLog } from './log.js';
-import { bootSandboxFactory } from './pod-vm.js';
+import { bootSandboxFactory, loadShimConfig } from './pod-vm.js';
 import { podPaths, runRoot } from './pod-paths.js';
 
 /** Bound on the whole shutdown (VM stop, IO, events flush). */
@@ -38,6 +38,8 @@ export async function serve(flags: ShimFlags): Promise<void> {
   const bundle = process.cwd();
   const logger = openShimLog(bundle, flags.debug);
   const paths = podPaths(runRoot(), flags.address, flags.namespace, flags.id);
+  // Before any child logger: [runtime] enable_debug sets the level they inherit.
+  const config = loadShimConfig(logger);
   const log = logger.child({ pod: flags.id, namespace: flags.namespace });
   process.on('SIGHUP', () => {});
   process.on('SIGPIPE', () => {});
@@ -57,7 +59,7 @@ export async function serve(flags: ShimFlags): Promise<void> {
     podId: flags.id,
     namespace: flags.namespace,
     logger: log,
-    sandboxFactory: bootSandboxFactory(log, paths.dir),
+    sandboxFactory: bootSandboxFactory(log, paths.dir, config),
     events: { publish: (topic, typeName, value) => queue.publish(topic, { typeName, value }) },
   });
   const server = new TtrpcServer({ logger: log });

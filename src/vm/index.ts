@@ -11,3 +11,4 @@ export * from './qmp-codec.js';
 export * from './state.js';
 export * from './virtiofsd.js';
 export * from './vm.js';
+export * from './console-follow.js';

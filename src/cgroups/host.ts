@@ -1,0 +1,209 @@
+/**
+ * The pod's cgroup on the host ([runtime] sandbox_cgroup_only, as Kata): the
+ * serving shim moves itself into the cgroup that the pod's sandbox container
+ * names (its OCI `linux.cgroupsPath`, cgroupfs form) before it starts QEMU
+ * and virtiofsd, so they are born in it and whatever bounds the pod's cgroup
+ * (CRI's pod cgroup is its parent) bounds the whole VM. At pod stop the shim
+ * moves back to the cgroup it came from and removes the directories it made.
+ *
+ * cgroup v2 (one unified hierarchy) and v1 (the controllers below, each its
+ * own hierarchy; a v1 `cpuset` gets its parent's cpus and mems, as runc
+ * does, since an empty cpuset accepts no process) are both handled. The
+ * systemd form `slice:prefix:name` is refused: it needs systemd's API.
+ *
+ * Knows nothing of containerd or VMs: paths and pids only. Every file system
+ * call is async (cgroupfs calls never wait on I/O, but the event loop stays free).
+ */
+import { readFileSync } from 'node:fs';
+import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FailedPreconditionError, InvalidArgumentError } from '../errors/index.js';
+
+/** v1 controllers a pod cgroup joins (what bounds or accounts a VM's processes). */
+export const V1_CONTROLLERS = ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'blkio'] as const;
+
+export interface CgroupMount {
+  /** Mount point, e.g. /sys/fs/cgroup/memory or /sys/fs/cgroup. */
+  dir: string;
+  /** Root of the mount inside the hierarchy (mountinfo's 4th field; / unless namespaced). */
+  root: string;
+  version: 1 | 2;
+  /** v1: the hierarchy's controllers (e.g. ['cpu', 'cpuacct']); v2: []. */
+  controllers: string[];
+}
+
+/** The cgroup mounts the pod cgroup is made in, from mountinfo text. */
+export function parseCgroupMounts(mountinfo: string): CgroupMount[] {
+  const out: CgroupMount[] = [];
+  for (const line of mountinfo.split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep === -1) continue;
+    const pre = line.slice(0, sep).split(' ');
+    const [fstype, , superOpts = ''] = line.slice(sep + 3).split(' ');
+    const root = unescape(pre[3] ?? '/');
+    const dir = unescape(pre[4] ?? '');
+    if (fstype === 'cgroup2') out.push({ dir, root, version: 2, controllers: [] });
+    else if (fstype === 'cgroup') {
+      const ctrls = superOpts.split(',').filter((o) => (V1_CONTROLLERS as readonly string[]).includes(o));
+      if (ctrls.length > 0) out.push({ dir, root, version: 1, controllers: ctrls });
+    }
+  }
+  const v1 = out.filter((m) => m.version === 1);
+  // Hybrid hosts also mount an empty cgroup2 (…/unified): with v1 controllers there, v1 is what bounds processes.
+  return v1.length > 0 ? v1 : out.filter((m) => m.version === 2);
+}
+
+function unescape(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** The cgroupfs path a spec's cgroupsPath names (absolute, normalized); refuses the systemd form and `..`. */
+export function cgroupPathOf(cgroupsPath: string): string {
+  if (cgroupsPath.includes(':')) {
+    throw new FailedPreconditionError(`linux.cgroupsPath ${JSON.stringify(cgroupsPath)}: the systemd form (slice:prefix:name) is not supported with [runtime] sandbox_cgroup_only; use containerd's cgroupfs driver`);
+  }
+  if (cgroupsPath.split('/').includes('..')) throw new InvalidArgumentError(`linux.cgroupsPath ${JSON.stringify(cgroupsPath)}: ".." is not allowed`);
+  const p = posix.normalize(posix.join('/', cgroupsPath)).replace(/(.)\/$/, '$1');
+  if (p === '/') throw new InvalidArgumentError(`linux.cgroupsPath ${JSON.stringify(cgroupsPath)}: names the root cgroup`);
+  return p;
+}
+
+/** Directory of `path` (a cgroup path) in mount `m`, or undefined when the mount cannot see it. */
+function dirIn(m: CgroupMount, path: string): string | undefined {
+  if (m.root === '/') return join(m.dir, path);
+  if (path === m.root || path.startsWith(`${m.root}/`)) return join(m.dir, path.slice(m.root.length));
+  return undefined;
+}
+
+/** What a pod cgroup left behind, for cleanup by another process (the shim's `delete`). */
+export interface HostCgroupState {
+  /** Directories made, parents first. */
+  created: string[];
+}
+
+export class HostCgroup {
+  private constructor(
+    readonly path: string,
+    /** The pod cgroup's directory in each hierarchy. */
+    readonly dirs: string[],
+    private readonly created: string[],
+    private readonly mounts: CgroupMount[],
+  ) {}
+
+  /** Makes the cgroup `path` in every hierarchy (parents as needed). */
+  static async create(path: string, mounts: CgroupMount[] = parseCgroupMounts(readFileSync('/proc/self/mountinfo', 'utf8'))): Promise<HostCgroup> {
+    if (mounts.length === 0) throw new FailedPreconditionError('no cgroup file system is mounted');
+    const created: string[] = [];
+    const dirs: string[] = [];
+    const cg = new HostCgroup(path, dirs, created, mounts);
+    try {
+      for (const m of mounts) {
+        const leaf = dirIn(m, path);
+        if (!leaf) throw new FailedPreconditionError(`cgroup ${path} is outside the ${m.dir} mount (root ${m.root})`);
+        const parts = path.split('/').filter(Boolean);
+        for (let i = 1; i <= parts.length; i++) {
+          const d = dirIn(m, `/${parts.slice(0, i).join('/')}`);
+          if (!d || d.length <= m.dir.length) continue;
+          try {
+            await mkdir(d);
+            created.push(d);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          }
+          if (m.controllers.includes('cpuset')) await inheritCpuset(d);
+        }
+        dirs.push(leaf);
+      }
+    } catch (err) {
+      await cg.remove().catch(() => {});
+      throw new FailedPreconditionError(`creating cgroup ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    return cg;
+  }
+
+  state(): HostCgroupState {
+    return { created: [...this.created] };
+  }
+
+  /** Moves process `pid` (with all its threads) into the pod cgroup. */
+  async enter(pid: number): Promise<void> {
+    for (const d of this.dirs) await writeFile(join(d, 'cgroup.procs'), `${pid}\n`);
+  }
+
+  /** The pids in the pod cgroup (of the first hierarchy). */
+  async procs(): Promise<number[]> {
+    const t = await readFile(join(this.dirs[0]!, 'cgroup.procs'), 'utf8');
+    return t.split('\n').filter(Boolean).map(Number);
+  }
+
+  /** Moves `pid` back to where `origin` (a /proc/<pid>/cgroup text read before enter) had it. */
+  async leave(pid: number, origin: string): Promise<void> {
+    const paths = parseProcCgroup(origin);
+    for (const m of this.mounts) {
+      const from = m.version === 2 ? paths.get('') : m.controllers.map((c) => paths.get(c)).find((x) => x !== undefined);
+      const d = from !== undefined ? dirIn(m, from) : undefined;
+      if (d) await writeFile(join(d, 'cgroup.procs'), `${pid}\n`);
+    }
+  }
+
+  /** Removes the directories made (deepest first), waiting up to `timeoutMs` for dying processes to leave. */
+  async remove(timeoutMs = 5_000): Promise<void> {
+    await removeCreated(this.created, timeoutMs);
+    this.created.length = 0;
+  }
+}
+
+/**
+ * Removes what HostCgroup.create made (its state), deepest first. A pod
+ * cgroup (a leaf) still busy with dying processes is retried until
+ * `timeoutMs`; a parent it made that other cgroups now use stays.
+ */
+export async function removeCreated(created: readonly string[], timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const left: string[] = [];
+  for (const d of [...created].sort((a, b) => b.length - a.length)) {
+    const leaf = !created.some((c) => c.startsWith(`${d}/`));
+    for (;;) {
+      try {
+        await rmdir(d);
+        break;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || !leaf) break;
+        if (code === 'EBUSY' && Date.now() < deadline) {
+          await sleep(50);
+          continue;
+        }
+        left.push(`${d}: ${code}`);
+        break;
+      }
+    }
+  }
+  if (left.length > 0) throw new FailedPreconditionError(`cgroup dirs not removed: ${left.join(', ')}`);
+}
+
+/** controller (v1) or '' (v2) → path, from /proc/<pid>/cgroup text. */
+export function parseProcCgroup(text: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const i = line.indexOf(':');
+    const j = line.indexOf(':', i + 1);
+    if (i === -1 || j === -1) continue;
+    const ctrls = line.slice(i + 1, j);
+    const path = line.slice(j + 1);
+    if (ctrls === '') m.set('', path);
+    else for (const c of ctrls.split(',')) m.set(c, path);
+  }
+  return m;
+}
+
+/** A v1 cpuset cgroup accepts no process until cpus and mems are set: take the parent's. */
+async function inheritCpuset(dir: string): Promise<void> {
+  for (const f of ['cpuset.cpus', 'cpuset.mems']) {
+    const cur = (await readFile(join(dir, f), 'utf8').catch(() => '')).trim();
+    if (cur !== '') continue;
+    const parent = (await readFile(join(dir, '..', f), 'utf8')).trim();
+    await writeFile(join(dir, f), parent);
+  }
+}
