@@ -36,6 +36,8 @@ export interface CreateSandboxRequest {
    * point inside the mount point.
    */
   sharedFs?: { tag: string; mountPoint: string };
+  /** Kernel modules the agent loads (modprobe, in order) first; one the image lacks fails the call. */
+  kernelModules?: Array<{ name: string; parameters?: string[] }>;
 }
 
 export interface DestroySandboxRequest {

@@ -11,6 +11,7 @@ import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotF
 import { Container, type ContainerEnv, type NewContainer } from './container.js';
 import { OomMonitor } from './oom.js';
 import { SharedFs, type SharedFsSpec } from './shared-fs.js';
+import { loadKernelModules, type KernelModule } from './kernel-modules.js';
 import type { OciRuntime } from './runtime.js';
 import type { ContainerState } from './state.js';
 import { checkOciSpec } from './validate.js';
@@ -24,6 +25,8 @@ export interface SandboxOptions {
   logger: Logger;
   /** The shared-dir mounter (default: a real one, mount/umount from PATH). */
   sharedFs?: SharedFs;
+  /** Loads kernel modules (default: /sbin/modprobe). */
+  loadModules?: (mods: readonly KernelModule[]) => Promise<void>;
 }
 
 export type { NewContainer } from './container.js';
@@ -55,9 +58,12 @@ export class Sandbox {
   private readonly logger: Logger;
   private readonly sharedFs: SharedFs;
 
+  private readonly loadModules: (mods: readonly KernelModule[]) => Promise<void>;
+
   constructor(private readonly opts: SandboxOptions) {
     this.logger = opts.logger.child({ module: 'sandbox' });
     this.sharedFs = opts.sharedFs ?? new SharedFs({ logger: opts.logger });
+    this.loadModules = opts.loadModules ?? ((mods) => loadKernelModules(mods));
     this.oom = new OomMonitor(() => this.containers.values(), this.logger);
     this.env = {
       runtime: opts.runtime,
@@ -84,10 +90,15 @@ export class Sandbox {
    * dir is mounted again if it is not. The share is mounted before the id is
    * taken, so a failed mount leaves no sandbox behind and can be retried.
    */
-  async createSandbox(id: string, hostname: string, sharedFs?: SharedFsSpec): Promise<void> {
+  async createSandbox(id: string, hostname: string, sharedFs?: SharedFsSpec, kernelModules: readonly KernelModule[] = []): Promise<void> {
     if (this.sandboxIdValue && this.sandboxIdValue !== id) throw new AlreadyExistsError(`sandbox ${this.sandboxIdValue} already exists`);
     if (hostname && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname)) {
       throw new InvalidArgumentError(`hostname: ${JSON.stringify(hostname)} is not a valid hostname`);
+    }
+    // Modules first (a share or a container may need one); loading twice is a no-op.
+    if (kernelModules.length > 0) {
+      await this.loadModules(kernelModules);
+      this.logger.info({ modules: kernelModules.map((m) => m.name) }, 'kernel modules loaded');
     }
     if (sharedFs) await this.sharedFs.ensure(sharedFs);
     if (this.sandboxIdValue === id) return;

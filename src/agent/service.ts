@@ -15,6 +15,7 @@ import { AGENT_VERSION } from './version.js';
 import { checkContainerId, checkExecId, checkOciProcess, checkSignal, checkWinSize, parseJsonObject } from './validate.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import { checkSharedFs } from './shared-fs.js';
+import { checkKernelModules } from './kernel-modules.js';
 import { checkInterface, checkRoutes, Network } from './network.js';
 import { toTimestamp } from '../proto/timestamp.js';
 
@@ -60,7 +61,8 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
 
     CreateSandbox: unary(pb.CreateSandboxRequest, pb.Empty, async (req) => {
       await sandbox.createSandbox(checkContainerId(req.sandboxId, 'sandbox_id'), req.hostname,
-        checkSharedFs(req.sharedFsTag, req.sharedFsMountPoint));
+        checkSharedFs(req.sharedFsTag, req.sharedFsMountPoint),
+        checkKernelModules((req.kernelModules ?? []).map((m) => ({ name: m.name ?? '', parameters: m.parameters ?? [] }))));
       return empty();
     }),
 

@@ -303,6 +303,11 @@ export function parseConfig(text: string, file: string, source: ConfigSource = '
   for (const k of ['kernel', 'initrd', 'image'] as const) {
     if (qemu[k] === '') fail(`[hypervisor.qemu] ${k}: required (the guest image's ${k === 'kernel' ? 'vmlinux' : k === 'initrd' ? 'initrd.img' : 'rootfs.img'})`);
   }
+  for (const m of (out['agent.kata'] as unknown as AgentConfig).kernel_modules) {
+    if (!KERNEL_MODULE.test(m)) {
+      fail(`[agent.kata] kernel_modules: ${JSON.stringify(m)} is not "name [param=value ...]" (a module of the guest image and its parameters)`);
+    }
+  }
   for (const a of qemu.enable_annotations) {
     if (!(a in QEMU) || NEVER_ANNOTATABLE.has(a)) {
       fail(`[hypervisor.qemu] enable_annotations: ${JSON.stringify(a)} is not an overridable key (allowed: ${annotatableKeys().join(', ')})`);
@@ -429,6 +434,17 @@ function convert(v: unknown, kind: Kind, where: string, base: string, fail: (m: 
       if (!kind.values.includes(v)) fail(`${where}: ${JSON.stringify(v)} is not allowed (allowed: ${kind.values.join(', ')})`);
       return v;
   }
+}
+
+/** "name [param[=value] ...]", as Kata's kernel_modules entries. */
+const KERNEL_MODULE = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}(\s+[A-Za-z0-9_][A-Za-z0-9_-]*(=[A-Za-z0-9_.,:+-]*)?)*\s*$/;
+
+/** [agent.kata] kernel_modules as (name, parameters) pairs. */
+export function kernelModules(cfg: KataConfig): Array<{ name: string; parameters: string[] }> {
+  return cfg.agent.kata.kernel_modules.map((m) => {
+    const [name = '', ...parameters] = m.trim().split(/\s+/);
+    return { name, parameters };
+  });
 }
 
 /** The words of kernel_params. */

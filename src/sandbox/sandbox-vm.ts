@@ -99,6 +99,8 @@ export interface SandboxVmOptions {
    * console.log, whose tail a failed boot's error carries.
    */
   onConsoleLine?: (line: string) => void;
+  /** Kernel modules (name, parameters) the agent loads before the sandbox is created. */
+  kernelModules?: ReadonlyArray<{ name: string; parameters: string[] }>;
 }
 
 /** The guest NIC: the host tap it is backed by, its MAC (the pod veth's), the MTU it advertises. */
@@ -311,7 +313,11 @@ export class SandboxVm {
     this.push('agent connection', () => agent.close());
     this.timings.readyMs = Date.now() - t0;
 
-    await agent.createSandbox({ sandboxId: o.sandboxId, sharedFs: { tag: SHARED_FS_TAG, mountPoint: GUEST_SHARED_DIR } },
+    await agent.createSandbox({
+      sandboxId: o.sandboxId,
+      sharedFs: { tag: SHARED_FS_TAG, mountPoint: GUEST_SHARED_DIR },
+      ...(o.kernelModules?.length ? { kernelModules: o.kernelModules.map((m) => ({ name: m.name, parameters: [...m.parameters] })) } : {}),
+    },
       o.signal ? { signal: o.signal } : {});
     this.push('agent sandbox', async () => {
       // Kills the containers and unmounts the share in the guest; skipped when

@@ -22,7 +22,7 @@
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { applyAnnotations, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
+import { applyAnnotations, kernelModules, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
 import { cgroupPathOf, HostCgroup, removeCreated, type HostCgroupState } from '../cgroups/host.js';
 import type { Logger } from '../log/index.js';
@@ -73,7 +73,7 @@ export async function cleanupNetworkState(dir: string, logger: Logger): Promise<
 /** What of the configuration the pod VM uses: its SandboxVm options and whether it joins the pod network. */
 export interface PodVmSettings {
   image: GuestImage;
-  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary'>;
+  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary' | 'kernelModules'>;
   network: boolean;
   /** [hypervisor.qemu] enable_debug: the guest console goes into the shim's log. */
   consoleToLog: boolean;
@@ -139,6 +139,7 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
       // and the init's timings; the agent's debug log (it writes to the console too).
       kernelParams: [...(q.enable_debug ? ['debug', 'guest.debug'] : []), ...kernelParamWords(cfg)],
       ...(cfg.agent.kata.enable_debug ? { agentArgs: ['--debug'] } : {}),
+      ...(cfg.agent.kata.kernel_modules.length > 0 ? { kernelModules: kernelModules(cfg) } : {}),
       readyTimeoutMs: cfg.agent.kata.dial_timeout * 1000,
       ...(q.path !== DEFAULT_QEMU ? { qemuBinary: q.path } : {}),
       ...(q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD ? { virtiofsdBinary: q.virtio_fs_daemon } : {}),

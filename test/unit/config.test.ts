@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ANNOTATION_PREFIX, applyAnnotations, ConfigError, DEFAULT_CONFIG, DEFAULT_CONFIG_MARKER, findConfig, renderDefaultConfig, templateConfigPath, loadConfig, parseConfig, type KataConfig,
+  ANNOTATION_PREFIX, applyAnnotations, ConfigError, DEFAULT_CONFIG, DEFAULT_CONFIG_MARKER, findConfig, kernelModules, renderDefaultConfig, templateConfigPath, loadConfig, parseConfig, type KataConfig,
 } from '../../src/config/index.js';
 import { Code } from '../../src/errors/index.js';
 import { podVmSettings } from '../../src/shim/pod-vm.js';
@@ -138,6 +138,19 @@ test('validation: bad TOML, unknown table, unknown key', () => {
   bad(`top = 1\n${MIN}`, 'unknown key top');
   bad(`${MIN}default_maxvcpus = 4\n`, '[hypervisor.qemu] default_maxvcpus', 'allowed:', 'default_vcpus');
   bad(`${MIN}\n[runtime]\nenable_tracing = true\n`, '[runtime] enable_tracing', 'internetworking_model');
+});
+
+test('kernel_modules: "name [param=value ...]" entries, as Kata\'s', () => {
+  const c = parseConfig(`${MIN}\n[agent.kata]\nkernel_modules = ["vsock", "e1000e InterruptThrottleRate=3000,3000 EEE=1", "dummy numdummies"]\n`, '/x/conf.toml');
+  assert.deepEqual(kernelModules(c), [
+    { name: 'vsock', parameters: [] },
+    { name: 'e1000e', parameters: ['InterruptThrottleRate=3000,3000', 'EEE=1'] },
+    { name: 'dummy', parameters: ['numdummies'] },
+  ]);
+  bad(`${MIN}\n[agent.kata]\nkernel_modules = [""]\n`, '[agent.kata] kernel_modules', '""', 'name [param=value ...]');
+  bad(`${MIN}\n[agent.kata]\nkernel_modules = ["../evil"]\n`, '[agent.kata] kernel_modules', '../evil');
+  bad(`${MIN}\n[agent.kata]\nkernel_modules = ["m x=$(reboot)"]\n`, '[agent.kata] kernel_modules', 'x=$(reboot)');
+  bad(`${MIN}\n[agent.kata]\nkernel_modules = "vsock"\n`, '[agent.kata] kernel_modules', 'array of strings');
 });
 
 test('validation: wrong types', () => {
