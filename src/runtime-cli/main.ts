@@ -6,8 +6,9 @@
  *   kata-ts-runtime env   [--json] [--config FILE]   effective configuration + versions
  *
  * The config is found as the shim finds it (src/config: --config, then
- * KATA_CONF_FILE, /etc/kata-containers/configuration.toml, the project
- * default). `check` exits 0 only when a pod can run.
+ * KATA_CONF_FILE, /etc/kata-containers/configuration.toml, the installed
+ * default /usr/share/defaults/kata-containers/configuration.toml). `check`
+ * exits 0 only when a pod can run.
  */
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
