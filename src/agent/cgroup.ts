@@ -7,6 +7,7 @@
  * joined with the mount points in /proc/self/mountinfo, so whatever
  * cgroupsPath the spec chose is honoured.
  */
+import { parseCgroupMounts, parseProcCgroup, type CgroupMount } from '../cgroups/parse.js';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -41,51 +42,7 @@ export interface CgroupStats {
   oomKills: number;
 }
 
-interface CgroupMount {
-  mountPoint: string;
-  root: string;
-  version: 1 | 2;
-  /** v1: the controllers of this hierarchy. */
-  controllers: string[];
-}
-
-/** Parses /proc/self/mountinfo for cgroup mounts. */
-export function parseCgroupMounts(mountinfo: string): CgroupMount[] {
-  const out: CgroupMount[] = [];
-  for (const line of mountinfo.split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const left = line.slice(0, sep).split(' ');
-    const right = line.slice(sep + 3).split(' ');
-    const fstype = right[0];
-    if (fstype !== 'cgroup' && fstype !== 'cgroup2') continue;
-    const root = unescapeMount(left[3] ?? '/');
-    const mountPoint = unescapeMount(left[4] ?? '');
-    const superOpts = (right[2] ?? '').split(',');
-    out.push({
-      mountPoint,
-      root,
-      version: fstype === 'cgroup2' ? 2 : 1,
-      controllers: fstype === 'cgroup' ? superOpts.filter((o) => o !== 'rw' && o !== 'ro' && !o.includes('=')) : [],
-    });
-  }
-  return out;
-}
-
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** Parses /proc/<pid>/cgroup: hierarchy id, controllers, path. */
-export function parseProcCgroup(text: string): Array<{ controllers: string[]; path: string }> {
-  const out: Array<{ controllers: string[]; path: string }> = [];
-  for (const line of text.split('\n')) {
-    const m = /^(\d+):([^:]*):(.*)$/.exec(line.trim());
-    if (!m) continue;
-    out.push({ controllers: m[2] === '' ? [] : m[2].split(','), path: m[3] });
-  }
-  return out;
-}
+export { parseCgroupMounts, parseProcCgroup } from '../cgroups/parse.js';
 
 function joinCgroup(mount: CgroupMount, path: string): string {
   let rel = path;

@@ -19,43 +19,22 @@ import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, InvalidArgumentError } from '../errors/index.js';
+import { parseCgroupMounts, parseProcCgroup, type CgroupMount } from './parse.js';
 
 /** v1 controllers a pod cgroup joins (what bounds or accounts a VM's processes). */
 export const V1_CONTROLLERS = ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'blkio'] as const;
 
-export interface CgroupMount {
-  /** Mount point, e.g. /sys/fs/cgroup/memory or /sys/fs/cgroup. */
-  dir: string;
-  /** Root of the mount inside the hierarchy (mountinfo's 4th field; / unless namespaced). */
-  root: string;
-  version: 1 | 2;
-  /** v1: the hierarchy's controllers (e.g. ['cpu', 'cpuacct']); v2: []. */
-  controllers: string[];
-}
+export type { CgroupMount };
 
-/** The cgroup mounts the pod cgroup is made in, from mountinfo text. */
-export function parseCgroupMounts(mountinfo: string): CgroupMount[] {
-  const out: CgroupMount[] = [];
-  for (const line of mountinfo.split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep === -1) continue;
-    const pre = line.slice(0, sep).split(' ');
-    const [fstype, , superOpts = ''] = line.slice(sep + 3).split(' ');
-    const root = unescape(pre[3] ?? '/');
-    const dir = unescape(pre[4] ?? '');
-    if (fstype === 'cgroup2') out.push({ dir, root, version: 2, controllers: [] });
-    else if (fstype === 'cgroup') {
-      const ctrls = superOpts.split(',').filter((o) => (V1_CONTROLLERS as readonly string[]).includes(o));
-      if (ctrls.length > 0) out.push({ dir, root, version: 1, controllers: ctrls });
-    }
-  }
-  const v1 = out.filter((m) => m.version === 1);
+/** The hierarchies a pod cgroup is made in: the v1 ones with a controller of V1_CONTROLLERS, or else the v2 mount. */
+export function podCgroupMounts(mountinfo: string): CgroupMount[] {
+  const all = parseCgroupMounts(mountinfo);
+  const v1 = all
+    .filter((m) => m.version === 1)
+    .map((m) => ({ ...m, controllers: m.controllers.filter((c) => (V1_CONTROLLERS as readonly string[]).includes(c)) }))
+    .filter((m) => m.controllers.length > 0);
   // Hybrid hosts also mount an empty cgroup2 (…/unified): with v1 controllers there, v1 is what bounds processes.
-  return v1.length > 0 ? v1 : out.filter((m) => m.version === 2);
-}
-
-function unescape(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return v1.length > 0 ? v1 : all.filter((m) => m.version === 2);
 }
 
 /** The cgroupfs path a spec's cgroupsPath names (absolute, normalized); refuses the systemd form and `..`. */
@@ -71,8 +50,8 @@ export function cgroupPathOf(cgroupsPath: string): string {
 
 /** Directory of `path` (a cgroup path) in mount `m`, or undefined when the mount cannot see it. */
 function dirIn(m: CgroupMount, path: string): string | undefined {
-  if (m.root === '/') return join(m.dir, path);
-  if (path === m.root || path.startsWith(`${m.root}/`)) return join(m.dir, path.slice(m.root.length));
+  if (m.root === '/') return join(m.mountPoint, path);
+  if (path === m.root || path.startsWith(`${m.root}/`)) return join(m.mountPoint, path.slice(m.root.length));
   return undefined;
 }
 
@@ -92,7 +71,7 @@ export class HostCgroup {
   ) {}
 
   /** Makes the cgroup `path` in every hierarchy (parents as needed). */
-  static async create(path: string, mounts: CgroupMount[] = parseCgroupMounts(readFileSync('/proc/self/mountinfo', 'utf8'))): Promise<HostCgroup> {
+  static async create(path: string, mounts: CgroupMount[] = podCgroupMounts(readFileSync('/proc/self/mountinfo', 'utf8'))): Promise<HostCgroup> {
     if (mounts.length === 0) throw new FailedPreconditionError('no cgroup file system is mounted');
     const created: string[] = [];
     const dirs: string[] = [];
@@ -100,11 +79,11 @@ export class HostCgroup {
     try {
       for (const m of mounts) {
         const leaf = dirIn(m, path);
-        if (!leaf) throw new FailedPreconditionError(`cgroup ${path} is outside the ${m.dir} mount (root ${m.root})`);
+        if (!leaf) throw new FailedPreconditionError(`cgroup ${path} is outside the ${m.mountPoint} mount (root ${m.root})`);
         const parts = path.split('/').filter(Boolean);
         for (let i = 1; i <= parts.length; i++) {
           const d = dirIn(m, `/${parts.slice(0, i).join('/')}`);
-          if (!d || d.length <= m.dir.length) continue;
+          if (!d || d.length <= m.mountPoint.length) continue;
           try {
             await mkdir(d);
             created.push(d);
@@ -139,9 +118,9 @@ export class HostCgroup {
 
   /** Moves `pid` back to where `origin` (a /proc/<pid>/cgroup text read before enter) had it. */
   async leave(pid: number, origin: string): Promise<void> {
-    const paths = parseProcCgroup(origin);
+    const entries = parseProcCgroup(origin);
     for (const m of this.mounts) {
-      const from = m.version === 2 ? paths.get('') : m.controllers.map((c) => paths.get(c)).find((x) => x !== undefined);
+      const from = entries.find((e) => (m.version === 2 ? e.controllers.length === 0 : e.controllers.some((c) => m.controllers.includes(c))))?.path;
       const d = from !== undefined ? dirIn(m, from) : undefined;
       if (d) await writeFile(join(d, 'cgroup.procs'), `${pid}\n`);
     }
@@ -181,21 +160,6 @@ export async function removeCreated(created: readonly string[], timeoutMs = 5_00
     }
   }
   if (left.length > 0) throw new FailedPreconditionError(`cgroup dirs not removed: ${left.join(', ')}`);
-}
-
-/** controller (v1) or '' (v2) → path, from /proc/<pid>/cgroup text. */
-export function parseProcCgroup(text: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const i = line.indexOf(':');
-    const j = line.indexOf(':', i + 1);
-    if (i === -1 || j === -1) continue;
-    const ctrls = line.slice(i + 1, j);
-    const path = line.slice(j + 1);
-    if (ctrls === '') m.set('', path);
-    else for (const c of ctrls.split(',')) m.set(c, path);
-  }
-  return m;
 }
 
 /** A v1 cpuset cgroup accepts no process until cpus and mems are set: take the parent's. */

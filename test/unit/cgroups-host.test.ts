@@ -1,7 +1,7 @@
 /**
  * src/cgroups/host.ts on plain directories standing in for cgroup mounts:
- * mountinfo parsing (v1, hybrid, v2, a namespaced root), cgroupsPath checks,
- * /proc/<pid>/cgroup parsing, create (parents, v1 cpuset inherited), enter,
+ * the hierarchies chosen from mountinfo (v1, hybrid, v2, a namespaced root),
+ * cgroupsPath checks, create (parents, v1 cpuset inherited), enter,
  * leave, remove (what was made only, deepest first; a parent others use stays).
  * The real cgroupfs is exercised by test/e2e/shim-config.test.ts.
  */
@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cgroupPathOf, HostCgroup, parseCgroupMounts, parseProcCgroup, removeCreated, type CgroupMount } from '../../src/cgroups/host.js';
+import { cgroupPathOf, HostCgroup, podCgroupMounts, removeCreated, type CgroupMount } from '../../src/cgroups/host.js';
 import { Code } from '../../src/errors/index.js';
 
 const MOUNTINFO_HYBRID = `30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
@@ -22,16 +22,16 @@ const MOUNTINFO_HYBRID = `30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro
 39 30 0:35 /ns /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
 `;
 
-test('mountinfo: v1 controller hierarchies (hybrid: the empty cgroup2 is ignored), or the v2 mount', () => {
-  assert.deepEqual(parseCgroupMounts(MOUNTINFO_HYBRID), [
-    { dir: '/sys/fs/cgroup/cpu,cpuacct', root: '/', version: 1, controllers: ['cpu', 'cpuacct'] },
-    { dir: '/sys/fs/cgroup/memory', root: '/', version: 1, controllers: ['memory'] },
-    { dir: '/sys/fs/cgroup/pids', root: '/ns', version: 1, controllers: ['pids'] },
+test('podCgroupMounts: v1 controller hierarchies (hybrid: the empty cgroup2 is ignored), or the v2 mount', () => {
+  assert.deepEqual(podCgroupMounts(MOUNTINFO_HYBRID), [
+    { mountPoint: '/sys/fs/cgroup/cpu,cpuacct', root: '/', version: 1, controllers: ['cpu', 'cpuacct'] },
+    { mountPoint: '/sys/fs/cgroup/memory', root: '/', version: 1, controllers: ['memory'] },
+    { mountPoint: '/sys/fs/cgroup/pids', root: '/ns', version: 1, controllers: ['pids'] },
   ]);
-  assert.deepEqual(parseCgroupMounts('25 21 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n'), [
-    { dir: '/sys/fs/cgroup', root: '/', version: 2, controllers: [] },
+  assert.deepEqual(podCgroupMounts('25 21 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n'), [
+    { mountPoint: '/sys/fs/cgroup', root: '/', version: 2, controllers: [] },
   ]);
-  assert.deepEqual(parseCgroupMounts('1 0 0:1 / / rw - ext4 /dev/sda rw\n'), []);
+  assert.deepEqual(podCgroupMounts('1 0 0:1 / / rw - ext4 /dev/sda rw\n'), []);
 });
 
 test('cgroupsPath: cgroupfs paths normalized; systemd form, "..", the root refused naming the field', () => {
@@ -50,14 +50,6 @@ test('cgroupsPath: cgroupfs paths normalized; systemd form, "..", the root refus
   refused('/', Code.INVALID_ARGUMENT, /root cgroup/);
 });
 
-test('/proc/<pid>/cgroup: controller → path, v2 as ""', () => {
-  const m = parseProcCgroup('12:cpu,cpuacct:/a\n4:memory:/process_api/x\n1:name=systemd:/\n0::/u\n');
-  assert.equal(m.get('cpu'), '/a');
-  assert.equal(m.get('cpuacct'), '/a');
-  assert.equal(m.get('memory'), '/process_api/x');
-  assert.equal(m.get(''), '/u');
-});
-
 test('create, enter, leave, remove on stand-in hierarchies', async () => {
   const root = mkdtempSync(join(tmpdir(), 'cg-unit-'));
   try {
@@ -71,10 +63,10 @@ test('create, enter, leave, remove on stand-in hierarchies', async () => {
     mkdirSync(join(memory, 'default', 'other'), { recursive: true });
     mkdirSync(join(memory, 'origin'));
     const mounts: CgroupMount[] = [
-      { dir: cpuset, root: '/', version: 1, controllers: ['cpuset'] },
-      { dir: memory, root: '/', version: 1, controllers: ['memory'] },
+      { mountPoint: cpuset, root: '/', version: 1, controllers: ['cpuset'] },
+      { mountPoint: memory, root: '/', version: 1, controllers: ['memory'] },
       // A namespaced mount: its root is /ns, so /ns/default/p1 is <pids>/default/p1.
-      { dir: pids, root: '/ns', version: 1, controllers: ['pids'] },
+      { mountPoint: pids, root: '/ns', version: 1, controllers: ['pids'] },
     ];
     await assert.rejects(HostCgroup.create('/outside/p1', mounts), /outside the .*pids mount/);
     const cg = await HostCgroup.create('/ns/default/p1', mounts);
