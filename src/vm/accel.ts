@@ -10,6 +10,7 @@
  * picks TCG, with QEMU's own words as the reason. The result is cached per
  * process (per probe inputs) and logged once.
  */
+import { dieWithParent } from './proc.js';
 import { spawn } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import type { Logger } from '../log/index.js';
@@ -121,7 +122,9 @@ export function probeKvm(probe: KvmProbeOptions, signal?: AbortSignal): Promise<
       reject(abortError(signal, 'kvm probe'));
       return;
     }
-    const child = spawn(probe.qemuBinary ?? QEMU_BINARY, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // A probe never outlives whoever asked for it (a shim killed mid-probe).
+    const cmd = dieWithParent(probe.qemuBinary ?? QEMU_BINARY, args);
+    const child = spawn(cmd.command, cmd.args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     const keep = (s: string, d: Buffer): string => (s.length < PROBE_OUTPUT_LIMIT ? s + d.toString('utf8') : s);
