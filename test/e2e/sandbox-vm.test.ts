@@ -212,6 +212,82 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     await c.removeContainer({ containerId: id });
   });
 
+  await t.test('terminal: the size given at start is in place before the process runs (crun run and crun exec, repeated); an exec owns its pty and gets SIGWINCH', async (st) => {
+    // `stty size` as the process itself (no shell first): its first ioctl
+    // reads the size. A pty starts 0x0 (busybox stty then prints
+    // "stty: standard input" instead of a size), so anything but `33 77` is
+    // the size arriving late. crun exec releases the process before it sets
+    // consoleSize on the master (docs/agent.md, Terminals): repeated to catch
+    // that window.
+    const RUNS = 10;
+    const sizes: string[] = [];
+    // The init process (crun run): crun sets the size on the slave in the
+    // container before the process is started.
+    for (let i = 0; i < 3; i++) {
+      const id = await newContainer('tty-init');
+      await run(id, spec(['stty', 'size'], true), { terminal: true, rows: 33, cols: 77 });
+      const [out, status] = await Promise.all([readText(c, { containerId: id }), exitOf(c, id)]);
+      sizes.push(out.trim());
+      assert.equal(status, 0, out);
+      await c.removeContainer({ containerId: id });
+    }
+    // Execs (crun exec) into a running container.
+    const id = await newContainer('tty-exec');
+    await run(id, spec(['sleep', '300']));
+    for (let i = 0; i < RUNS; i++) {
+      const execId = `size-${i}`;
+      await c.execProcess({ containerId: id, execId, terminal: true, rows: 33, cols: 77, process: { args: ['stty', 'size'], cwd: '/', env: ['PATH=/bin'] } });
+      const [out, status] = await Promise.all([readText(c, { containerId: id, execId }), exitOf(c, id, execId)]);
+      sizes.push(out.trim());
+      assert.equal(status, 0, out);
+    }
+    st.diagnostic(`sizes seen: ${JSON.stringify(sizes)}`);
+    assert.deepEqual(sizes, Array<string>(3 + RUNS).fill('33 77'));
+
+    // The exec'd shell is a session leader with the pty as its controlling
+    // terminal and is the terminal's foreground process group (what job
+    // control needs). Fields of /proc/<sh>/stat: pid comm state ppid pgrp
+    // session tty_nr tpgid (comm is "(sh)", no spaces); `read` is a builtin,
+    // so /proc/self is the shell.
+    await c.execProcess({
+      containerId: id, execId: 'ctty', terminal: true, rows: 33, cols: 77,
+      process: { args: ['sh', '-c', 'tty; read -r pid comm state ppid pgrp sid ttynr tpgid rest < /proc/self/stat; echo "pid=$pid pgrp=$pgrp sid=$sid tty_nr=$ttynr tpgid=$tpgid"'], cwd: '/', env: ['PATH=/bin'] },
+    });
+    const [out, status] = await Promise.all([readText(c, { containerId: id, execId: 'ctty' }), exitOf(c, id, 'ctty')]);
+    assert.equal(status, 0, out);
+    assert.match(out, /^\/dev\/pts\/\d+\r?$/m, out);
+    const m = /pid=(\d+) pgrp=(\d+) sid=(\d+) tty_nr=(\d+) tpgid=(-?\d+)/.exec(out);
+    assert.ok(m, out);
+    const [pid, pgrp, sid, ttyNr, tpgid] = m.slice(1).map(Number) as [number, number, number, number, number];
+    assert.equal(sid, pid, `the shell leads its session: ${out}`);
+    assert.notEqual(ttyNr, 0, `the shell has a controlling terminal: ${out}`);
+    assert.equal(tpgid, pgrp, `the shell is the terminal's foreground process group: ${out}`);
+
+    // A resize of a running exec reaches it as SIGWINCH (what a size that
+    // came late would also do), and the new size is read in the handler.
+    await c.execProcess({
+      containerId: id, execId: 'winch', terminal: true, rows: 33, cols: 77,
+      process: { args: ['sh', '-c', 'trap "echo winch; stty size" WINCH; echo ready; while :; do sleep 0.1; done'], cwd: '/', env: ['PATH=/bin'] },
+    });
+    let wout = '';
+    const until = async (re: RegExp) => {
+      while (!re.test(wout)) {
+        const r = await c.readStdout({ containerId: id, execId: 'winch' }, { timeoutMs: 30_000 });
+        assert.equal(r.eof, false, `EOF before ${re}: ${JSON.stringify(wout)}`);
+        wout += r.data.toString();
+      }
+    };
+    await until(/ready/);
+    assert.doesNotMatch(wout, /winch/);
+    await c.ttyWinResize({ containerId: id, execId: 'winch', rows: 50, cols: 132 });
+    await until(/winch\r?\n50 132/);
+    await c.signalProcess({ containerId: id, execId: 'winch', signal: 'SIGKILL' });
+    assert.equal(await exitOf(c, id, 'winch'), 137);
+    await c.signalProcess({ containerId: id, signal: 'SIGKILL' });
+    assert.equal(await exitOf(c, id), 137);
+    await c.removeContainer({ containerId: id });
+  });
+
   await t.test('a host file outside the shared dir is unreachable from the container and from the VM', async (st) => {
     // Escape attempts placed in the share by the host: symlinks to the secret.
     writeFileSync(join(sb.sharedDir, 'inside.txt'), 'visible\n');
