@@ -16,12 +16,13 @@ const text = renderDefaultConfig(readFileSync(template, 'utf8'), template);
 if (existsSync(target)) {
   const old = readFileSync(target, 'utf8');
   if (!old.startsWith(DEFAULT_CONFIG_MARKER)) {
-    process.stderr.write(`[setup] not replacing ${target} (not installed by this project)\n`);
+    process.stderr.write(`[setup] not replacing ${target} (not installed by this project): unless it is a configuration this runtime accepts, give the shim one through /etc/kata-containers/configuration.toml, KATA_CONF_FILE or containerd's ConfigPath (check: bin/kata-ts-runtime check)\n`);
     process.exit(0);
   }
   if (old === text) process.exit(0);
 }
 mkdirSync(dirname(target), { recursive: true, mode: 0o755 });
-writeFileSync(`${target}.tmp`, text, { mode: 0o644 });
-renameSync(`${target}.tmp`, target);
+const tmp = `${target}.${process.pid}.tmp`;
+writeFileSync(tmp, text, { mode: 0o644 });
+renameSync(tmp, target);
 process.stderr.write(`[setup] installed ${target} (from ${template})\n`);

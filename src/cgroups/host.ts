@@ -116,14 +116,24 @@ export class HostCgroup {
     return t.split('\n').filter(Boolean).map(Number);
   }
 
-  /** Moves `pid` back to where `origin` (a /proc/<pid>/cgroup text read before enter) had it. */
+  /**
+   * Moves `pid` back to where `origin` (a /proc/<pid>/cgroup text read before
+   * enter) had it, in every hierarchy even when one fails; throws the
+   * failures together (a hierarchy with no origin under its mount is one).
+   */
   async leave(pid: number, origin: string): Promise<void> {
     const entries = parseProcCgroup(origin);
+    const failed: string[] = [];
     for (const m of this.mounts) {
       const from = entries.find((e) => (m.version === 2 ? e.controllers.length === 0 : e.controllers.some((c) => m.controllers.includes(c))))?.path;
       const d = from !== undefined ? dirIn(m, from) : undefined;
-      if (d) await writeFile(join(d, 'cgroup.procs'), `${pid}\n`);
+      if (!d) {
+        failed.push(`${m.mountPoint}: no origin cgroup under this mount`);
+        continue;
+      }
+      await writeFile(join(d, 'cgroup.procs'), `${pid}\n`).catch((err: unknown) => failed.push(`${d}: ${(err as Error).message}`));
     }
+    if (failed.length > 0) throw new FailedPreconditionError(`moving ${pid} out of cgroup ${this.path}: ${failed.join('; ')}`);
   }
 
   /** Removes the directories made (deepest first), waiting up to `timeoutMs` for dying processes to leave. */

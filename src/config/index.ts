@@ -193,8 +193,13 @@ export function templateConfigPath(): string {
 export function renderDefaultConfig(templateText: string, templateFile: string): string {
   const base = dirname(resolve(templateFile));
   // Validates the template first: an installed default must load.
-  parseConfig(templateText, templateFile, 'default');
+  const want = parseConfig(templateText, templateFile, 'default');
   const body = templateText.replace(/^(\s*[a-z_]+\s*=\s*)"(\.\.?\/[^"]*)"/gm, (_m, lhs: string, rel: string) => `${lhs}"${resolve(base, rel)}"`);
+  // The rendered file must mean the same wherever it is read from: a relative path the rewrite missed would not.
+  const got = parseConfig(body, '/nonexistent/elsewhere/configuration.toml', 'default');
+  if (JSON.stringify(configData(got)) !== JSON.stringify(configData(want))) {
+    throw new ConfigError(`config ${templateFile}: a relative path is not in the form "./…" or "../…" on a key = "…" line: it cannot be made absolute for the installed default`);
+  }
   return [
     DEFAULT_CONFIG_MARKER,
     `# Installed by scripts/setup.sh from ${resolve(templateFile)}; setup rewrites it.`,

@@ -37,7 +37,7 @@ import { AgentClient } from '../agent-client/index.js';
 import { FailedPreconditionError, InvalidArgumentError, StatusError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import {
-  BootVmProvider, followFile, mountsUnder, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmResources,
+  BootVmProvider, followFile, mountsUnder, VM_FILES, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmResources,
 } from '../vm/index.js';
 import type { GuestImage } from './guest-image.js';
 
@@ -59,6 +59,8 @@ export const DEFAULT_RESOURCES: VmResources = { vcpus: 1, memoryMiB: 256 };
 export const AGENT_READY_TIMEOUT_MS = 90_000;
 /** One connect + handshake attempt of the ready probe. */
 const PROBE_CONNECT_TIMEOUT_MS = 15_000;
+/** CreateSandbox (the share's mount), before the time kernel modules add. */
+const CREATE_SANDBOX_TIMEOUT_MS = 30_000;
 /** DestroySandbox during stop: the agent's own kill timeout. */
 const DESTROY_TIMEOUT_MS = 5_000;
 
@@ -276,6 +278,12 @@ export class SandboxVm {
         probed = c;
       },
     });
+    if (o.onConsoleLine) {
+      // From QEMU's start, so a boot that fails is followed too; stopped after the VM
+      // (cleanups run last first), reading through its open fd what the VM's stop unlinks.
+      const follower = followFile(join(o.dir, VM_FILES.console), o.onConsoleLine);
+      this.push('console follower', () => follower.stop());
+    }
     let vm: Vm;
     try {
       vm = await provider.acquire({
@@ -301,11 +309,6 @@ export class SandboxVm {
       throw err;
     }
     this.vmValue = vm;
-    if (o.onConsoleLine) {
-      // Stopped after the VM (cleanups run last first), so its last lines come through too.
-      const follower = followFile(vm.consoleLogPath, o.onConsoleLine);
-      this.push('console follower', () => follower.stop());
-    }
     this.push('vm', () => vm.stop());
     const agent = probed as AgentClient | undefined;
     if (!agent) throw new FailedPreconditionError(`sandbox ${o.sandboxId}: VM ready without an agent connection`);
@@ -317,8 +320,11 @@ export class SandboxVm {
       sandboxId: o.sandboxId,
       sharedFs: { tag: SHARED_FS_TAG, mountPoint: GUEST_SHARED_DIR },
       ...(o.kernelModules?.length ? { kernelModules: o.kernelModules.map((m) => ({ name: m.name, parameters: [...m.parameters] })) } : {}),
-    },
-      o.signal ? { signal: o.signal } : {});
+    }, {
+      ...(o.signal ? { signal: o.signal } : {}),
+      // The agent gives each modprobe up to 15 s and the share's mount as much: room for all of them.
+      timeoutMs: CREATE_SANDBOX_TIMEOUT_MS + 15_000 * (o.kernelModules?.length ?? 0),
+    });
     this.push('agent sandbox', async () => {
       // Kills the containers and unmounts the share in the guest; skipped when
       // the VM or the connection is already gone (the VM's stop ends them anyway).

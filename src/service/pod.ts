@@ -212,6 +212,8 @@ export class Pod {
       const started = Date.now();
       const p = (async () => {
         if (this.stopping) await this.stopping;
+        // A lost VM's release (its tap, its host cgroup) finishes before a new VM takes their place.
+        await Promise.all([...this.deadVmCleanups]);
         const sb = await this.opts.sandboxFactory({ podId: this.opts.podId, ...from, ...(signal ? { signal } : {}) });
         this.sandboxValue = sb;
         this.sandboxNetns = from.netnsPath;

@@ -21,10 +21,10 @@
  * Create with the validation error.
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, posix } from 'node:path';
 import { applyAnnotations, kernelModules, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
-import { cgroupPathOf, HostCgroup, removeCreated, type HostCgroupState } from '../cgroups/host.js';
+import { cgroupPathOf, HostCgroup, podCgroupMounts, removeCreated, type HostCgroupState } from '../cgroups/host.js';
 import type { Logger } from '../log/index.js';
 import {
   attachTap, DEFAULT_TAP_NAME, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState,
@@ -48,9 +48,10 @@ export async function cleanupCgroupState(dir: string, logger: Logger): Promise<v
   if (!existsSync(path)) return;
   try {
     const st = JSON.parse(readFileSync(path, 'utf8')) as HostCgroupState;
-    if (!Array.isArray(st.created) || st.created.some((d) => typeof d !== 'string' || !d.startsWith('/sys/fs/cgroup/'))) {
-      throw new Error(`${path}: not a cgroup state`);
-    }
+    // Only directories of a cgroup mount, never anything a crafted file could name.
+    const mounts = podCgroupMounts(readFileSync('/proc/self/mountinfo', 'utf8')).map((m) => m.mountPoint);
+    const ok = (d: unknown): boolean => typeof d === 'string' && d === posix.normalize(d) && mounts.some((m) => d.startsWith(`${m}/`));
+    if (!Array.isArray(st.created) || !st.created.every(ok)) throw new Error(`${path}: not a cgroup state`);
     await removeCreated(st.created);
     rmSync(path, { force: true });
   } catch (err) {
@@ -150,13 +151,15 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
 }
 
 export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConfig): SandboxFactory {
+  // Where the shim came from (containerd's cgroup): read once, so a pod cgroup is always left for it.
+  const originCgroup = readFileSync('/proc/self/cgroup', 'utf8');
   return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, signal }) => {
     const cfg = config.cfg;
     if (!cfg) throw config.err;
     // io.katacontainers.config.hypervisor.* of the pod: only keys in enable_annotations, paths only from valid_*_paths.
     const settings = podVmSettings(applyAnnotations(cfg, annotations));
     // [runtime] sandbox_cgroup_only: the shim joins the pod's cgroup first, so QEMU and virtiofsd are born in it.
-    const cgroup = cfg.runtime.sandbox_cgroup_only ? await joinPodCgroup(dir, cgroupsPath, logger) : undefined;
+    const cgroup = cfg.runtime.sandbox_cgroup_only ? await joinPodCgroup(dir, cgroupsPath, originCgroup, logger) : undefined;
     const image = settings.image;
     const netnsPath = settings.network ? podNetns : undefined;
     let tap: TapState | undefined;
@@ -218,43 +221,47 @@ export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConf
   };
 }
 
-/** Guest console lines into the shim's log, at debug level. */
+/**
+ * Guest console lines into the shim's log. At info: [hypervisor.qemu]
+ * enable_debug asked for them, whatever the shim's own level.
+ */
 function consoleLogger(logger: Logger): (line: string) => void {
   const log = logger.child({ source: 'vm-console' });
   return (line) => {
-    if (line.trim() !== '') log.debug({ line }, 'guest console');
+    if (line.trim() !== '') log.info({ line }, 'guest console');
   };
 }
 
 /**
  * Makes the pod's host cgroup (the sandbox container's linux.cgroupsPath)
- * and moves the shim into it; undo() moves the shim back where it was and
- * removes what was made. A pod without a cgroupsPath keeps the shim's cgroup.
+ * and moves the shim into it; undo() moves the shim back to `origin` (its
+ * cgroup when it started) and removes what was made, each step tried even
+ * if another failed. A pod without a cgroupsPath keeps the shim's cgroup.
  */
-async function joinPodCgroup(dir: string, cgroupsPath: string | undefined, logger: Logger): Promise<{ undo: () => Promise<void> } | undefined> {
+async function joinPodCgroup(dir: string, cgroupsPath: string | undefined, origin: string, logger: Logger): Promise<{ undo: () => Promise<void> } | undefined> {
   if (!cgroupsPath) {
     logger.warn('sandbox_cgroup_only: the sandbox container names no linux.cgroupsPath; the VM stays in the shim\'s cgroup');
     return undefined;
   }
-  const origin = readFileSync('/proc/self/cgroup', 'utf8');
   const cg = await HostCgroup.create(cgroupPathOf(cgroupsPath));
   const state = join(dir, CGROUP_STATE_FILE);
-  writeFileSync(`${state}.tmp`, JSON.stringify(cg.state()), { mode: 0o600 });
-  renameSync(`${state}.tmp`, state);
   let undone: Promise<void> | undefined;
   const undo = (): Promise<void> => {
     undone ??= (async () => {
+      await cg.leave(process.pid, origin).catch((err: unknown) => logger.error({ err, cgroup: cg.path }, 'leaving the pod cgroup failed'));
       try {
-        await cg.leave(process.pid, origin);
         await cg.remove();
         rmSync(state, { force: true });
       } catch (err) {
-        logger.error({ err, cgroup: cg.path }, 'leaving or removing the pod cgroup failed');
+        // cgroup.json stays: the shim's exit (or a later `delete`) tries again.
+        logger.error({ err, cgroup: cg.path }, 'removing the pod cgroup failed');
       }
     })();
     return undone;
   };
   try {
+    writeFileSync(`${state}.tmp`, JSON.stringify(cg.state()), { mode: 0o600 });
+    renameSync(`${state}.tmp`, state);
     await cg.enter(process.pid);
   } catch (err) {
     await undo();

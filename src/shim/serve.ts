@@ -13,7 +13,7 @@ import { TtrpcServer } from '../ttrpc/index.js';
 import { mountsUnder } from '../vm/index.js';
 import type { ShimFlags } from './flags.js';
 import { openShimLog } from './log.js';
-import { bootSandboxFactory, loadShimConfig } from './pod-vm.js';
+import { bootSandboxFactory, cleanupCgroupState, loadShimConfig } from './pod-vm.js';
 import { podPaths, runRoot } from './pod-paths.js';
 
 /** Bound on the whole shutdown (VM stop, IO, events flush). */
@@ -79,6 +79,8 @@ export async function serve(flags: ShimFlags): Promise<void> {
       await queue.close();
       await server.close().catch(() => {});
       rmSync(paths.socket, { force: true });
+      // A pod cgroup whose removal failed at stop (cgroup.json kept): once more before its record goes.
+      await cleanupCgroupState(paths.dir, log);
       if (existsSync(paths.dir) && mountsUnder(paths.dir).length === 0) rmSync(paths.dir, { recursive: true, force: true });
       log.info('shim exiting');
       // Let pino write its last lines.

@@ -509,8 +509,6 @@ class Instance implements Containerd {
     if ((opts.kataConfig ?? 'hermetic') === 'hermetic' && !opts.env?.KATA_CONF_FILE) {
       env.KATA_CONF_FILE = join(l.dir, 'configuration.toml');
       writeFileSync(env.KATA_CONF_FILE, defaultConfigText());
-    } else if (opts.kataConfig === 'system' && !opts.env?.KATA_CONF_FILE) {
-      delete env.KATA_CONF_FILE;
     }
     this.kataRunRoot = env.KATA_TS_RUN_ROOT!;
     env.PATH = [...(opts.extraPath ?? []).map((p) => resolve(p)), env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'].join(':');

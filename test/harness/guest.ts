@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { renderDefaultConfig } from '../../src/config/index.js';
 import { loadGuestImage, type GuestImage } from '../../src/sandbox/index.js';
 import { projectRoot } from './busybox.js';
 
@@ -16,7 +17,8 @@ export function guestKernelRelease(): string {
 
 /** The project's default configuration.toml with its guest paths made absolute (for a file of a test's own). */
 export function defaultConfigText(): string {
-  return readFileSync(join(projectRoot(), 'config', 'configuration.toml'), 'utf8').replaceAll('"../build/guest/', `"${GUEST_DIR}/`);
+  const template = join(projectRoot(), 'config', 'configuration.toml');
+  return renderDefaultConfig(readFileSync(template, 'utf8'), template);
 }
 
 export function guestImage(): GuestImage {

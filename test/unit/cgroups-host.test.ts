@@ -86,6 +86,14 @@ test('create, enter, leave, remove on stand-in hierarchies', async () => {
     assert.equal(readFileSync(join(memory, 'origin/cgroup.procs'), 'utf8'), '4242\n');
     assert.equal(readFileSync(join(cpuset, 'cgroup.procs'), 'utf8'), '4242\n');
     assert.equal(readFileSync(join(pids, 'cgroup.procs'), 'utf8'), '4242\n');
+    // An origin the pids mount cannot see: the others are still moved back, the failure names the mount.
+    rmSync(join(memory, 'origin/cgroup.procs'));
+    await assert.rejects(cg.leave(4343, '5:memory:/origin\n3:cpuset:/\n2:pids:/elsewhere\n'), (err: unknown) => {
+      assert.equal((err as { code: number }).code, Code.FAILED_PRECONDITION);
+      assert.match((err as Error).message, /moving 4343 out of cgroup \/ns\/default\/p1: .*pids: no origin cgroup under this mount/);
+      return true;
+    });
+    assert.equal(readFileSync(join(memory, 'origin/cgroup.procs'), 'utf8'), '4343\n', 'memory moved back despite pids');
     // A real cgroupfs has no files to delete: stand-ins drop theirs first.
     for (const d of cg.dirs) for (const f of ['cgroup.procs', 'cpuset.cpus', 'cpuset.mems']) rmSync(join(d, f), { force: true });
     for (const d of ['ns', 'ns/default']) for (const f of ['cpuset.cpus', 'cpuset.mems']) rmSync(join(cpuset, d, f), { force: true });

@@ -98,6 +98,9 @@ test('the installed default: the template with absolute guest paths, installed o
   assert.deepEqual({ ...a, file: '', source: '' }, { ...b, file: '', source: '' });
   // The comments of the template are kept (the file is what an operator reads).
   assert.match(text, /^# the read-only erofs root image/m);
+  // A relative path the rewrite cannot see would move with the file: refused, not installed wrong.
+  assert.throws(() => renderDefaultConfig('[hypervisor.qemu]\nkernel = "g/vmlinux"\ninitrd = "/i"\nimage = "/r"\n', '/x/conf.toml'), /relative path .* cannot be made absolute/);
+  assert.match(renderDefaultConfig('[hypervisor.qemu]\nkernel = "./g/vmlinux"\ninitrd = "/i"\nimage = "/r"\n', '/x/conf.toml'), /^kernel = "\/x\/g\/vmlinux"$/m);
   // A template that does not validate is never rendered.
   assert.throws(() => renderDefaultConfig('[hypervisor.qemu]\nbogus = 1\n', '/x/conf.toml'), /unknown key \[hypervisor\.qemu\] bogus/);
 
