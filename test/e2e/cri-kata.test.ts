@@ -13,6 +13,10 @@
  *                      └─ tc mirred ⇄ tap0_kata ── QEMU ── guest eth0
  *     the client (busybox wget) runs here, fetching from the pod IP
  *
+ * The suite's configuration has [runtime] sandbox_cgroup_only = true (as
+ * on a kubelet node): the shim, QEMU and virtiofsd are checked to be in the
+ * sandbox's cgroup (cgroup_parent/<pod id>), removed at rmp.
+ *
  * Two pod VMs in all (a boot costs ~10 s under TCG here):
  * - the main pod carries every positive case: runp → Ready, one new shim and
  *   one QEMU (in CRI's pod netns, with the tap and the tc filters); a logging
@@ -126,6 +130,17 @@ function ctrConfig(name: string, command: string[], extra: Record<string, unknow
 // ---------------------------------------------------------------------------
 // set-up and teardown
 
+let podCgroup = '';
+
+/** The pod cgroup's directories: v2, or the v1 hierarchies the shim joins that are mounted here. */
+function podCgroupDirs(): string[] {
+  assert.ok(podCgroup.startsWith('/'), 'the pod cgroup is known');
+  if (existsSync('/sys/fs/cgroup/cgroup.controllers')) return [join('/sys/fs/cgroup', podCgroup)];
+  const dirs = ['memory', 'cpu', 'pids'].map((h) => join('/sys/fs/cgroup', h)).filter((h) => existsSync(join(h, 'cgroup.procs')));
+  assert.ok(dirs.length > 0, 'a cgroup hierarchy to look in');
+  return dirs.map((h) => join(h, podCgroup));
+}
+
 let baseShims: number[] = [];
 let baseQemus: number[] = [];
 
@@ -136,6 +151,8 @@ before(async () => {
     cri: { cniConfDir: net.confDir },
     runtimes: { kata: { runtimeType: 'io.containerd.kata.v2', extra: { pod_annotations: ['io.katacontainers.*'] } } },
     extraPath: [join(projectRoot(), 'bin')],
+    // The whole VM in the pod's cgroup (CRI's cgroup_parent + the sandbox id), as on a kubelet node.
+    kataConfigEdit: (t) => t.replace(/^sandbox_cgroup_only = false$/m, 'sandbox_cgroup_only = true'),
     netns: net.ns,
     ...(DEBUG ? { logLevel: 'debug' } : {}),
   });
@@ -210,6 +227,18 @@ test('runp --runtime kata: the pod is Ready, one new shim and one QEMU, in the p
   [qemuPid] = qemus as [number];
   assert.equal(readlinkSync(`/proc/${qemuPid}/ns/net`), `net:[${statSync(podNetns).ino}]`, 'QEMU runs in the pod netns');
   assert.equal(readlinkSync(`/proc/${shimPid}/ns/net`), `net:[${statSync(net.nsPath).ino}]`, 'the shim runs in containerd\'s (the test\'s) netns');
+  // sandbox_cgroup_only: the shim, QEMU and virtiofsd in the sandbox's cgroup (cgroup_parent/<pod id>).
+  podCgroup = ins.info.runtimeSpec.linux.cgroupsPath;
+  assert.equal(podCgroup, `/${c.namespace}/${pod}`);
+  // virtiofsd runs as two processes (its sandbox forks): both count.
+  const vfsd = virtiofsdPids(c);
+  assert.ok(vfsd.length >= 1, 'virtiofsd runs');
+  for (const d of podCgroupDirs()) {
+    const procs = readFileSync(join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+    for (const [what, p] of [['shim', shimPid], ['QEMU', qemuPid], ...vfsd.map((v) => ['virtiofsd', v] as const)] as const) {
+      assert.ok(procs.includes(p), `${what} ${p} in ${d}: ${procs.join(' ')}`);
+    }
+  }
   // The pod netns: CNI's veth, our tap, the redirect filters both ways.
   const ip = must('ip', '-n', basename(podNetns), '-d', 'link', 'show');
   assert.match(ip, /\d+: eth0@if\d+: .* veth/s);
@@ -403,6 +432,7 @@ test('stopp + rmp: no shim, QEMU, virtiofsd, tap, tc filter, mount, run-root ent
   assert.deepEqual(mountsUnder(c.kataRunRoot), [], 'no mount under the kata run root');
   assert.deepEqual(entries(c.kataRunRoot), [], 'nothing under the kata run root');
   assert.deepEqual(net.cniState(), [], 'CNI DEL released the IP and the cached result');
+  for (const d of podCgroupDirs()) assert.equal(existsSync(d), false, `the pod cgroup ${d} removed`);
 });
 
 test('the pod VM dies (QEMU killed): its containers end with 255, the pod goes NotReady; stopp + rmp leave nothing', { skip, timeout: 300_000 }, async (t) => {

@@ -79,6 +79,8 @@ export interface ContainerdOptions {
    * leaves the shim's own lookup alone (the main job).
    */
   kataConfig?: 'hermetic' | 'system';
+  /** An edit of the hermetic configuration.toml (e.g. turning a switch on for a whole suite); must change it. */
+  kataConfigEdit?: (text: string) => string;
   /** Raw TOML appended to config.toml (must not repeat a table written here). */
   extraConfig?: string;
   /** Parent of the temp dir (default os.tmpdir()). */
@@ -508,7 +510,10 @@ class Instance implements Containerd {
     const env: NodeJS.ProcessEnv = { ...process.env, KATA_TS_RUN_ROOT: join(l.dir, 'kata'), ...(opts.env ?? {}) };
     if ((opts.kataConfig ?? 'hermetic') === 'hermetic' && !opts.env?.KATA_CONF_FILE) {
       env.KATA_CONF_FILE = join(l.dir, 'configuration.toml');
-      writeFileSync(env.KATA_CONF_FILE, defaultConfigText());
+      const base = defaultConfigText();
+      const text = opts.kataConfigEdit ? opts.kataConfigEdit(base) : base;
+      if (opts.kataConfigEdit && text === base) throw new Error('harness: kataConfigEdit changed nothing');
+      writeFileSync(env.KATA_CONF_FILE, text);
     }
     this.kataRunRoot = env.KATA_TS_RUN_ROOT!;
     env.PATH = [...(opts.extraPath ?? []).map((p) => resolve(p)), env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'].join(':');
