@@ -33,8 +33,11 @@
  *     uncounted warm-up run.
  * (c) execs (`ctr task exec --exec-id e<i> … true`) into one running kata
  *     container: the shim's open fds and VmRSS before, after the warm-up and
- *     after all (fds must not grow after the warm-up), then the leak check.
+ *     after all (fds must not grow after the warm-up), its V8 heapUsed every
+ *     10 execs (SIGUSR1 debug dump: the post-GC floor tells a leak from
+ *     heap headroom), then the leak check.
  */
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -308,6 +311,8 @@ interface ExecSoak {
   ms: number[];
   fds: { before?: number; warm?: number; after?: number };
   rss: { before?: number; warm?: number; after?: number };
+  /** V8 heapUsed of the shim (its SIGUSR1 debug dump): after the warm-up, and its smallest over the last quarter of the execs. */
+  heap: { warm?: number; lastQuarterMin?: number };
   /** Fds open after all the execs that were not open after the warm-up. */
   newFds: string[];
   errors: string[];
@@ -315,8 +320,23 @@ interface ExecSoak {
   aborted?: string;
 }
 
+/** The shim's V8 heapUsed, from the debug dump it logs on SIGUSR1 (containerd copies shim logs into its own). */
+async function shimHeapUsed(c: Containerd, shim: number): Promise<number | undefined> {
+  const from = logMark(c);
+  try {
+    process.kill(shim, 'SIGUSR1');
+    return await waitFor(() => {
+      const text = readFileSync(c.logPath).subarray(from).toString('utf8');
+      const m = /"heapUsed":(\d+)[^\n]*"msg":"debug dump"/.exec(text);
+      return m ? Number(m[1]) : undefined;
+    }, { timeoutMs: 5_000, intervalMs: 50, what: 'the shim\'s debug dump' });
+  } catch {
+    return undefined;
+  }
+}
+
 async function soakExecs(c: Containerd, n: number): Promise<ExecSoak> {
-  const r: ExecSoak = { execs: n, ok: 0, failed: 0, ms: [], fds: {}, rss: {}, newFds: [], errors: [], leaks: [] };
+  const r: ExecSoak = { execs: n, ok: 0, failed: 0, ms: [], fds: {}, rss: {}, heap: {}, newFds: [], errors: [], leaks: [] };
   const E = 'soak-exec';
   const b = podBaseline(c);
   try {
@@ -346,9 +366,12 @@ async function soakExecs(c: Containerd, n: number): Promise<ExecSoak> {
         warmFds = fdsNow();
         r.fds.warm = warmFds.length;
         r.rss.warm = rssBytes(shim);
-        log(`(c) after ${i} execs (warm-up): ${r.fds.warm} fds, ${mib(r.rss.warm)}`);
+        r.heap.warm = await shimHeapUsed(c, shim);
+        log(`(c) after ${i} execs (warm-up): ${r.fds.warm} fds, ${mib(r.rss.warm)}, heapUsed ${mib(r.heap.warm)}`);
       } else if (i % 10 === 0) {
-        log(`(c) exec ${i}/${n}: ${fdsNow().length} fds, ${mib(rssBytes(shim))}`);
+        const heap = await shimHeapUsed(c, shim);
+        if (i > n - n / 4 && heap !== undefined) r.heap.lastQuarterMin = Math.min(r.heap.lastQuarterMin ?? Infinity, heap);
+        log(`(c) exec ${i}/${n}: ${fdsNow().length} fds, ${mib(rssBytes(shim))}, heapUsed ${mib(heap)}`);
       }
     }
     // Let closes that follow an exec's end settle before counting.
@@ -448,6 +471,7 @@ async function main(): Promise<number> {
       verdict(grew !== undefined && grew <= 0, `${s}: shim fds grew after the warm-up (${grew ?? '?'})`)]);
     const rssGrowth = x.rss.after !== undefined && x.rss.warm !== undefined ? ` (${x.rss.after >= x.rss.warm ? '+' : ''}${mib(x.rss.after - x.rss.warm)} after warm-up)` : '';
     rows.push(['', 'shim RSS: before / after warm-up / after all', `${mib(x.rss.before)} / ${mib(x.rss.warm)} / ${mib(x.rss.after)}${rssGrowth}`, '']);
+    rows.push(['', 'shim V8 heapUsed: after warm-up / smallest sample of the last quarter', `${mib(x.heap.warm)} / ${mib(x.heap.lastQuarterMin)}`, '']);
     rows.push(['', 'leaks after the pod\'s end', leakCell(x.leaks), verdict(x.leaks.length === 0, `${s}: leaks`)]);
   }
   const lines = [
