@@ -44,7 +44,11 @@ KERNEL_META=linux-image-cloud-amd64
 # signals; node gets a larger young generation (allocation-heavy JS ran 5x
 # faster under TCG) and libuv a larger pool (the virtio-serial read loop holds
 # one thread).
+# boot.cjs runs the CommonJS bundle with its V8 code cache (made with these
+# NODE_FLAGS by scripts/bundle-agent.mjs: keep the two in step); agent.mjs
+# (the ES module bundle) when there is no boot.cjs.
 GUEST_AGENT=/agent/agent.mjs
+[ -f "$AGENT_DIR/boot.cjs" ] && GUEST_AGENT=/agent/boot.cjs
 NODE_FLAGS=(--max-semi-space-size=16)
 UV_POOL=8
 

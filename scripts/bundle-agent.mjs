@@ -1,14 +1,16 @@
 #!/usr/bin/env node
-// Bundles the guest agent into one ES module, build/agent/agent.mjs, from the
-// compiled dist/src/agent/main.js (run `npm run build` first), and builds the
-// tty-helper (src/agent/native/tty-helper.c) next to it with gcc when gcc is
-// there: statically if libc.a is installed, else against libc only.
+// Bundles the guest agent from the compiled dist/src/agent/main.js (run
+// `npm run build` first): one ES module, build/agent/agent.mjs, and the same
+// as CommonJS, agent.cjs, with its V8 code cache (agent.cjs.cache) and the
+// loader that uses it (boot.cjs, from scripts/agent-boot.cjs: the guest's
+// entry). Builds the tty-helper (src/agent/native/tty-helper.c) next to them
+// with gcc when gcc is there: statically if libc.a is installed, else against
+// libc only.
 //
-// The guest image builder copies build/agent/agent.mjs and
-// build/agent/tty-helper into the guest. Usage:
+// The guest image builder copies every file of build/agent into the guest. Usage:
 //   node scripts/bundle-agent.mjs [--out DIR] [--no-helper]
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -29,6 +31,21 @@ mkdirSync(outDir, { recursive: true });
 const outfile = join(outDir, 'agent.mjs');
 const kib = await bundleNodeModule({ entry, outfile });
 console.log(`bundle-agent: ${outfile} (${kib} KiB)`);
+
+// The guest's entry: the same bundle as CommonJS, run by boot.cjs with a V8
+// code cache made here by this node (the binary the guest image copies) with
+// the guest's node flags (scripts/build-guest.sh NODE_FLAGS).
+const cjs = join(outDir, 'agent.cjs');
+await bundleNodeModule({ entry, outfile: cjs, format: 'cjs' });
+const boot = join(outDir, 'boot.cjs');
+copyFileSync(join(root, 'scripts/agent-boot.cjs'), boot);
+const made = spawnSync(process.execPath, ['--max-semi-space-size=16', boot, '--make-code-cache'], { encoding: 'utf8', timeout: 60_000 });
+if (made.status !== 0) {
+  process.stderr.write(made.stderr);
+  console.error('bundle-agent: making the code cache failed');
+  process.exit(1);
+}
+console.log(`bundle-agent: ${boot} + ${cjs} + code cache (${Math.round(statSync(`${cjs}.cache`).size / 1024)} KiB)`);
 
 if (!values['no-helper']) {
   const src = join(root, 'src/agent/native/tty-helper.c');

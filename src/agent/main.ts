@@ -2,7 +2,7 @@
  * The guest agent's entry point: parse flags, build the Sandbox, serve the
  * AgentService over the chosen transport until SIGTERM.
  *
- *   UV_THREADPOOL_SIZE=16 node --max-semi-space-size=16 agent.mjs \
+ *   UV_THREADPOOL_SIZE=16 node --max-semi-space-size=16 boot.cjs \
  *     --serial-port agent.0 --runtime /usr/bin/crun --state-dir /run/agent
  *
  * UV_THREADPOOL_SIZE must be in the environment before Node starts: the
@@ -98,7 +98,10 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`agent: fatal: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exit(1);
-});
+// Set only while scripts/bundle-agent.mjs loads the bundle to make its V8 code cache (scripts/agent-boot.cjs).
+if (process.env['KATA_AGENT_CODE_CACHE_ONLY'] !== '1') {
+  main().catch((err: unknown) => {
+    process.stderr.write(`agent: fatal: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}

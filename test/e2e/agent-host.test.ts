@@ -3,8 +3,9 @@
  * here as root with `--listen unix:` and the real crun, driven through
  * AgentClient exactly as the shim drives it through the VM's channel.
  *
- * The agent under test is the bundle (scripts/bundle-agent.mjs →
- * agent.mjs + tty-helper), built into the test's temp dir.
+ * The agent under test is the bundle as the guest runs it
+ * (scripts/bundle-agent.mjs → boot.cjs + agent.cjs + its code cache +
+ * tty-helper), built into the test's temp dir.
  *
  * cgroups: crun refuses a hybrid hierarchy ("cgroups in hybrid mode not
  * supported") and these hosts mount v1 controllers plus a v2 hierarchy at
@@ -109,10 +110,12 @@ async function startAgent(t: TestContext): Promise<Fixture> {
   const cgroupParent = `/agent-e2e-${randomBytes(4).toString('hex')}`;
   t.after(() => removeCgroupParent(cgroupParent));
 
+  // The guest's entry: boot.cjs runs the CommonJS bundle with its code cache; the tty-helper is
+  // found next to the bundle (no --tty-helper), as in the guest.
   const agentArgv = [
-    process.execPath, '--max-semi-space-size=16', join(bundleDir, 'agent.mjs'),
+    process.execPath, '--max-semi-space-size=16', join(bundleDir, 'boot.cjs'),
     '--listen', `unix:${socket}`, '--runtime', CRUN, '--state-dir', join(dir, 'state'),
-    '--cgroup-parent', cgroupParent, '--tty-helper', join(bundleDir, 'tty-helper'),
+    '--cgroup-parent', cgroupParent,
   ];
   // unshare execs the shell, which execs node: the agent keeps the pid we spawned.
   const argv = hybridCgroups()
@@ -145,6 +148,8 @@ async function startAgent(t: TestContext): Promise<Fixture> {
     client.close();
   });
   await client.createSandbox({ sandboxId: 'sb-e2e' });
+  // Made by this node with these flags: V8 takes it.
+  assert.doesNotMatch(stderr, /rejected by V8/, 'the code cache is accepted');
   return { dir, rootfs, socket, agent, agentPid: agent.pid!, cgroupParent, client, stderr: () => stderr, connect };
 }
 

@@ -105,6 +105,10 @@ test('agent in the VM: containers through virtio-serial, shared dir over virtio-
     assert.ok(sb.vm.pid && isAlive(sb.vm.state().qemu!), 'qemu runs');
     assert.equal(sb.vm.phase, 'running');
     assert.equal(sb.vm.state().accel, 'tcg', 'auto picks TCG on these hosts');
+    // The image's entry (boot.cjs) ran the bundle with its code cache: V8 in the guest took it.
+    const consoleText = readFileSync(sb.vm.consoleLogPath, 'utf8');
+    assert.match(consoleText, /"msg":"agent ready"/);
+    assert.doesNotMatch(consoleText, /rejected by V8/, 'the agent\'s code cache is accepted in the guest');
   });
 
   await t.test('exit code 3 with exact stdout and stderr', async () => {
