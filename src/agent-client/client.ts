@@ -131,7 +131,7 @@ export class AgentClient {
       hostname: req.hostname ?? '',
       sharedFsTag: req.sharedFs?.tag ?? '',
       sharedFsMountPoint: req.sharedFs?.mountPoint ?? '',
-      kernelModules: (req.kernelModules ?? []).map((m) => ({ name: m.name, parameters: m.parameters ?? [] })),
+      kernelModules: (req.kernelModules ?? []).map((m) => ({ name: m.name, parameters: [...(m.parameters ?? [])] })),
     }, opts);
   }
 

@@ -37,7 +37,7 @@ export interface CreateSandboxRequest {
    */
   sharedFs?: { tag: string; mountPoint: string };
   /** Kernel modules the agent loads (modprobe, in order) first; one the image lacks fails the call. */
-  kernelModules?: Array<{ name: string; parameters?: string[] }>;
+  kernelModules?: ReadonlyArray<{ name: string; parameters?: readonly string[] }>;
 }
 
 export interface DestroySandboxRequest {

@@ -61,6 +61,21 @@ export interface HostCgroupState {
   created: string[];
 }
 
+/**
+ * A HostCgroupState read back (cgroup.json): only normalized directories
+ * under a cgroup mount pass, never anything a crafted file could name.
+ */
+export function parseHostCgroupState(
+  value: unknown,
+  mounts: CgroupMount[] = podCgroupMounts(readFileSync('/proc/self/mountinfo', 'utf8')),
+): HostCgroupState {
+  const created = (value as { created?: unknown } | null)?.created;
+  const ok = (d: unknown): d is string =>
+    typeof d === 'string' && d === posix.normalize(d) && mounts.some((m) => d.startsWith(`${m.mountPoint}/`));
+  if (!Array.isArray(created) || !created.every(ok)) throw new InvalidArgumentError('not a cgroup state: created must list directories under a cgroup mount');
+  return { created: [...created] };
+}
+
 export class HostCgroup {
   private constructor(
     readonly path: string,
@@ -108,12 +123,6 @@ export class HostCgroup {
   /** Moves process `pid` (with all its threads) into the pod cgroup. */
   async enter(pid: number): Promise<void> {
     for (const d of this.dirs) await writeFile(join(d, 'cgroup.procs'), `${pid}\n`);
-  }
-
-  /** The pids in the pod cgroup (of the first hierarchy). */
-  async procs(): Promise<number[]> {
-    const t = await readFile(join(this.dirs[0]!, 'cgroup.procs'), 'utf8');
-    return t.split('\n').filter(Boolean).map(Number);
   }
 
   /**

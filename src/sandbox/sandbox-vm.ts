@@ -102,7 +102,7 @@ export interface SandboxVmOptions {
    */
   onConsoleLine?: (line: string) => void;
   /** Kernel modules (name, parameters) the agent loads before the sandbox is created. */
-  kernelModules?: ReadonlyArray<{ name: string; parameters: string[] }>;
+  kernelModules?: ReadonlyArray<{ name: string; parameters: readonly string[] }>;
 }
 
 /** The guest NIC: the host tap it is backed by, its MAC (the pod veth's), the MTU it advertises. */
@@ -319,7 +319,7 @@ export class SandboxVm {
     await agent.createSandbox({
       sandboxId: o.sandboxId,
       sharedFs: { tag: SHARED_FS_TAG, mountPoint: GUEST_SHARED_DIR },
-      ...(o.kernelModules?.length ? { kernelModules: o.kernelModules.map((m) => ({ name: m.name, parameters: [...m.parameters] })) } : {}),
+      ...(o.kernelModules?.length ? { kernelModules: o.kernelModules } : {}),
     }, {
       ...(o.signal ? { signal: o.signal } : {}),
       // The agent gives each modprobe up to 15 s and the share's mount as much: room for all of them.

@@ -161,8 +161,6 @@ export class Pod {
   private closed: Promise<void> | undefined;
   private readonly exitsLoopDone: Promise<void>;
   private readonly timings: PodTimings;
-  /** When each exited process's output is cut at the latest (ms since the epoch). */
-  private readonly ioDeadlines = new WeakMap<ShimProcess, number>();
 
   constructor(private readonly opts: PodOptions) {
     this.log = opts.logger.child({ module: 'pod', pod: opts.podId });
@@ -364,7 +362,7 @@ export class Pod {
       const io = p.io;
       if (io) {
         const t = this.timings;
-        this.ioDeadlines.set(p, Date.now() + t.ioDrainTimeoutMs);
+        p.outputDeadline = Date.now() + t.ioDrainTimeoutMs;
         const drained = await Promise.race([io.drained.then(() => true), sleep(t.exitIoGraceMs, false, { ref: false })]);
         if (!drained) {
           this.log.warn({ process: p.name, graceMs: t.exitIoGraceMs, drainMs: t.ioDrainTimeoutMs },
@@ -379,7 +377,7 @@ export class Pod {
   /** Resolves when an exited process's output is through or its drain bound has passed (at once if it has no IO). */
   private async outputDone(p: ShimProcess): Promise<boolean> {
     if (!p.io) return true;
-    const deadline = this.ioDeadlines.get(p);
+    const deadline = p.outputDeadline;
     if (deadline === undefined) return true;
     return Promise.race([p.io.drained.then(() => true), sleep(Math.max(0, deadline - Date.now()), false, { ref: false })]);
   }

@@ -23,6 +23,8 @@ export class ShimProcess {
   /** The guest pid once started (0 before). */
   guestPid = 0;
   io: ProcessIo | undefined;
+  /** After the exit: when its output is cut at the latest (ms since the epoch); undefined before. */
+  outputDeadline: number | undefined = undefined;
   /** Set while Start runs, so that a second Start is refused at once. */
   starting = false;
   private exitValue: ExitRecord | undefined;

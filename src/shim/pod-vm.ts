@@ -21,10 +21,10 @@
  * Create with the validation error.
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join, posix } from 'node:path';
+import { dirname, join } from 'node:path';
 import { applyAnnotations, kernelModules, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
-import { cgroupPathOf, HostCgroup, podCgroupMounts, removeCreated, type HostCgroupState } from '../cgroups/host.js';
+import { cgroupPathOf, HostCgroup, parseHostCgroupState, removeCreated } from '../cgroups/host.js';
 import type { Logger } from '../log/index.js';
 import {
   attachTap, DEFAULT_TAP_NAME, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState,
@@ -36,9 +36,10 @@ export const NETWORK_STATE_FILE = 'network.json';
 /** The host cgroup dirs a sandbox_cgroup_only pod made (for `delete` after a crash). */
 export const CGROUP_STATE_FILE = 'cgroup.json';
 
-function writeNetworkState(dir: string, st: TapState): void {
-  const path = join(dir, NETWORK_STATE_FILE);
-  writeFileSync(`${path}.tmp`, JSON.stringify(st), { mode: 0o600 });
+/** A record in the pod dir for `delete` after a crash (network.json, cgroup.json): written whole or not at all. */
+function writeStateFile(dir: string, file: string, value: unknown): void {
+  const path = join(dir, file);
+  writeFileSync(`${path}.tmp`, JSON.stringify(value), { mode: 0o600 });
   renameSync(`${path}.tmp`, path);
 }
 
@@ -47,15 +48,10 @@ export async function cleanupCgroupState(dir: string, logger: Logger): Promise<v
   const path = join(dir, CGROUP_STATE_FILE);
   if (!existsSync(path)) return;
   try {
-    const st = JSON.parse(readFileSync(path, 'utf8')) as HostCgroupState;
-    // Only directories of a cgroup mount, never anything a crafted file could name.
-    const mounts = podCgroupMounts(readFileSync('/proc/self/mountinfo', 'utf8')).map((m) => m.mountPoint);
-    const ok = (d: unknown): boolean => typeof d === 'string' && d === posix.normalize(d) && mounts.some((m) => d.startsWith(`${m}/`));
-    if (!Array.isArray(st.created) || !st.created.every(ok)) throw new Error(`${path}: not a cgroup state`);
-    await removeCreated(st.created);
+    await removeCreated(parseHostCgroupState(JSON.parse(readFileSync(path, 'utf8'))).created);
     rmSync(path, { force: true });
   } catch (err) {
-    logger.error({ err }, 'removing the pod cgroup failed');
+    logger.error({ err, path }, 'removing the pod cgroup failed');
   }
 }
 
@@ -151,8 +147,9 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
 }
 
 export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConfig): SandboxFactory {
-  // Where the shim came from (containerd's cgroup): read once, so a pod cgroup is always left for it.
-  const originCgroup = readFileSync('/proc/self/cgroup', 'utf8');
+  // Where the shim came from (containerd's cgroup), for sandbox_cgroup_only: read once, before any pod
+  // cgroup is joined, so a pod cgroup is always left for it.
+  const originCgroup = config.cfg?.runtime.sandbox_cgroup_only ? readFileSync('/proc/self/cgroup', 'utf8') : '';
   return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, signal }) => {
     const cfg = config.cfg;
     if (!cfg) throw config.err;
@@ -174,8 +171,8 @@ export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConf
     try {
       if (netnsPath) {
         net = await discover(netnsPath);
-        tap = await attachTap(netnsPath, net.iface, DEFAULT_TAP_NAME, { logger, onProgress: (st) => writeNetworkState(dir, st) });
-        writeNetworkState(dir, tap);
+        tap = await attachTap(netnsPath, net.iface, DEFAULT_TAP_NAME, { logger, onProgress: (st) => writeStateFile(dir, NETWORK_STATE_FILE, st) });
+        writeStateFile(dir, NETWORK_STATE_FILE, tap);
       }
       s = await SandboxVm.start({
         sandboxId: podId, dir, image, logger, ...settings.vm,
@@ -260,8 +257,7 @@ async function joinPodCgroup(dir: string, cgroupsPath: string | undefined, origi
     return undone;
   };
   try {
-    writeFileSync(`${state}.tmp`, JSON.stringify(cg.state()), { mode: 0o600 });
-    renameSync(`${state}.tmp`, state);
+    writeStateFile(dir, CGROUP_STATE_FILE, cg.state());
     await cg.enter(process.pid);
   } catch (err) {
     await undo();

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cgroupPathOf, HostCgroup, podCgroupMounts, removeCreated, type CgroupMount } from '../../src/cgroups/host.js';
+import { cgroupPathOf, HostCgroup, parseHostCgroupState, podCgroupMounts, removeCreated, type CgroupMount } from '../../src/cgroups/host.js';
 import { Code } from '../../src/errors/index.js';
 
 const MOUNTINFO_HYBRID = `30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
@@ -81,7 +81,6 @@ test('create, enter, leave, remove on stand-in hierarchies', async () => {
     assert.equal(readFileSync(join(cpuset, 'ns/default/p1/cpuset.mems'), 'utf8'), '0');
     await cg.enter(4242);
     for (const d of cg.dirs) assert.equal(readFileSync(join(d, 'cgroup.procs'), 'utf8'), '4242\n');
-    assert.deepEqual(await cg.procs(), [4242]);
     await cg.leave(4242, '5:memory:/origin\n3:cpuset:/\n2:pids:/ns\n');
     assert.equal(readFileSync(join(memory, 'origin/cgroup.procs'), 'utf8'), '4242\n');
     assert.equal(readFileSync(join(cpuset, 'cgroup.procs'), 'utf8'), '4242\n');
@@ -117,5 +116,14 @@ test('create, enter, leave, remove on stand-in hierarchies', async () => {
     assert.equal(existsSync(join(root, 'shared', 'someone-else')), true);
   } finally {
     rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('cgroup.json read back: only normalized dirs under a cgroup mount', () => {
+  const mounts: CgroupMount[] = [{ mountPoint: '/sys/fs/cgroup/memory', root: '/', version: 1, controllers: ['memory'] }];
+  assert.deepEqual(parseHostCgroupState({ created: ['/sys/fs/cgroup/memory/ns', '/sys/fs/cgroup/memory/ns/p1'] }, mounts),
+    { created: ['/sys/fs/cgroup/memory/ns', '/sys/fs/cgroup/memory/ns/p1'] });
+  for (const bad of [{ created: ['/sys/fs/cgroup/memory/../../etc'] }, { created: ['/etc/x'] }, { created: ['/sys/fs/cgroup/memory'] }, { created: [1] }, { created: 'x' }, null]) {
+    assert.throws(() => parseHostCgroupState(bad, mounts), /not a cgroup state/, JSON.stringify(bad));
   }
 });
