@@ -48,21 +48,23 @@ if (made.status !== 0) {
 console.log(`bundle-agent: ${boot} + ${cjs} + code cache (${Math.round(statSync(`${cjs}.cache`).size / 1024)} KiB)`);
 
 if (!values['no-helper']) {
-  const src = join(root, 'src/agent/native/tty-helper.c');
-  const bin = join(outDir, 'tty-helper');
-  const gcc = process.env.CC || 'gcc';
-  const flags = ['-O2', '-Wall', '-Wextra', '-o', bin, src];
-  let r = spawnSync(gcc, ['-static', ...flags], { encoding: 'utf8' });
-  if (r.error) {
-    console.warn(`bundle-agent: ${gcc} not found: no tty-helper (terminal containers will be refused)`);
-  } else {
+  for (const [name, without] of [['tty-helper', 'terminal containers will be refused'], ['clone-helper', 'VM templates cannot reseed or set a clone\'s clock']]) {
+    const src = join(root, `src/agent/native/${name}.c`);
+    const bin = join(outDir, name);
+    const gcc = process.env.CC || 'gcc';
+    const flags = ['-O2', '-Wall', '-Wextra', '-o', bin, src];
+    let r = spawnSync(gcc, ['-static', ...flags], { encoding: 'utf8' });
+    if (r.error) {
+      console.warn(`bundle-agent: ${gcc} not found: no ${name} (${without})`);
+      continue;
+    }
     if (r.status !== 0) {
       // No static libc: link against the shared libc (the guest has it for crun anyway).
       r = spawnSync(gcc, flags, { encoding: 'utf8' });
     }
     if (r.status !== 0) {
       process.stderr.write(r.stderr);
-      console.error('bundle-agent: building tty-helper failed');
+      console.error(`bundle-agent: building ${name} failed`);
       process.exit(1);
     }
     if (r.stderr.trim()) process.stderr.write(r.stderr);

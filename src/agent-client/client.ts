@@ -132,7 +132,21 @@ export class AgentClient {
       sharedFsTag: req.sharedFs?.tag ?? '',
       sharedFsMountPoint: req.sharedFs?.mountPoint ?? '',
       kernelModules: (req.kernelModules ?? []).map((m) => ({ name: m.name, parameters: [...(m.parameters ?? [])] })),
+      sharedFsType: req.sharedFs ? (req.sharedFs.fstype ?? 'virtiofs') : '',
+      msize_9p: req.sharedFs?.msize ?? 0,
+      machineId: req.machineId ?? '',
     }, opts);
+  }
+
+  /** Adds host entropy to the guest kernel's pool and reseeds its CRNG (a VM restored from a template). */
+  async reseedRandomDev(data: Uint8Array, opts?: CallOptions): Promise<void> {
+    await this.short('ReseedRandomDev', pb.ReseedRandomDevRequest, pb.Empty, { data }, opts);
+  }
+
+  /** Sets the guest's wall clock (a VM restored from a template resumes at the template's moment). */
+  async setGuestDateTime(at: Date, opts?: CallOptions): Promise<void> {
+    const ms = at.getTime();
+    await this.short('SetGuestDateTime', pb.SetGuestDateTimeRequest, pb.Empty, { sec: Math.floor(ms / 1000), usec: (ms % 1000) * 1000 }, opts);
   }
 
   async destroySandbox(req: DestroySandboxRequest = {}, opts?: CallOptions): Promise<void> {

@@ -35,7 +35,9 @@ export interface CreateSandboxRequest {
    * writable file system (e.g. under /run). Container rootfs paths then
    * point inside the mount point.
    */
-  sharedFs?: { tag: string; mountPoint: string };
+  sharedFs?: { tag: string; mountPoint: string; fstype?: 'virtiofs' | '9p'; msize?: number };
+  /** The guest's /etc/machine-id (32 lowercase hex digits). */
+  machineId?: string;
   /** Kernel modules the agent loads (modprobe, in order) first; one the image lacks fails the call. */
   kernelModules?: ReadonlyArray<{ name: string; parameters?: readonly string[] }>;
 }

@@ -18,13 +18,14 @@ import { TtrpcServer } from '../ttrpc/index.js';
 import { parseAgentArgs, rootIsInitramfs, UsageError, USAGE, type AgentOptions } from './options.js';
 import { OciRuntime } from './runtime.js';
 import { Sandbox } from './sandbox.js';
+import { CloneIdentity } from './clone-identity.js';
 import { agentServiceHandlers } from './service.js';
 import { startTransport } from './transport.js';
 import { AGENT_SERVICE, AGENT_VERSION } from './version.js';
 
-async function findTtyHelper(explicit: string | undefined, logger: Logger): Promise<string | undefined> {
+async function findHelper(name: string, explicit: string | undefined, logger: Logger, without: string): Promise<string | undefined> {
   const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = explicit ? [explicit] : [join(here, 'tty-helper'), '/usr/libexec/kata-agent/tty-helper'];
+  const candidates = explicit ? [explicit] : [join(here, name), `/usr/libexec/kata-agent/${name}`];
   for (const c of candidates) {
     try {
       await access(c, fsConstants.X_OK);
@@ -33,7 +34,7 @@ async function findTtyHelper(explicit: string | undefined, logger: Logger): Prom
       /* next */
     }
   }
-  logger.warn({ candidates }, 'tty-helper not found: terminal containers will be refused');
+  logger.warn({ candidates }, `${name} not found: ${without}`);
   return undefined;
 }
 
@@ -65,14 +66,15 @@ async function main(): Promise<void> {
   const sandbox = new Sandbox({
     runtime,
     stateDir: opts.stateDir,
-    ttyHelper: await findTtyHelper(opts.ttyHelper, logger),
+    ttyHelper: await findHelper('tty-helper', opts.ttyHelper, logger, 'terminal containers will be refused'),
     cgroupParent: opts.cgroupParent,
     logger,
   });
   await sandbox.init();
 
   const server = new TtrpcServer({ logger: logger.child({ module: 'ttrpc' }), drainTimeoutMs: 1_000 });
-  server.register(AGENT_SERVICE, agentServiceHandlers({ sandbox, runtime, logger }));
+  const identity = new CloneIdentity(await findHelper('clone-helper', undefined, logger, 'a VM restored from a template cannot be reseeded or have its clock set'));
+  server.register(AGENT_SERVICE, agentServiceHandlers({ sandbox, runtime, logger, identity }));
   const transport = await startTransport(opts.transport, (conn) => server.serve(conn), logger.child({ module: 'transport' }));
   logger.info({ version: AGENT_VERSION, runtime: opts.runtime, stateDir: opts.stateDir, noPivot, pid: process.pid }, 'agent ready');
 

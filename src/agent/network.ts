@@ -395,6 +395,11 @@ export class Network {
       let name = await this.findInterface(spec);
       // Each `ip` is a process start (50-100 ms under TCG): skip what is already so.
       if (!(await this.isUp('lo'))) await this.ip(['link', 'set', 'dev', 'lo', 'up'], 'lo');
+      if (spec.hwAddr !== '' && (await this.sysAttr(name, 'address')).toLowerCase() !== spec.hwAddr) {
+        // Found by name: a VM restored from a template, whose NIC still has the template's MAC.
+        await this.ip(['link', 'set', 'dev', name, 'down'], `address of ${name}`);
+        await this.ip(['link', 'set', 'dev', name, 'address', spec.hwAddr], `hw_addr of ${name}`);
+      }
       if (spec.name !== '' && spec.name !== name) {
         if (await this.exists(spec.name)) {
           throw new FailedPreconditionError(`name: cannot rename ${name} (${spec.hwAddr}) to ${spec.name}: another interface has that name`);
@@ -479,7 +484,11 @@ export class Network {
     return [...parseRouteLines(v4, 4), ...parseRouteLines(v6, 6)];
   }
 
-  /** The interface's current name: by MAC (NOT_FOUND if no NIC has it), else by name. */
+  /**
+   * The interface's current name: by MAC; when no NIC has it, by name (a
+   * device-backed NIC, which updateInterface then gives the MAC: a VM restored
+   * from a template has the template's); NOT_FOUND when neither matches.
+   */
   private async findInterface(spec: InterfaceSpec): Promise<string> {
     if (spec.hwAddr === '') {
       if (!(await this.exists(spec.name))) throw new NotFoundError(`name: no interface ${spec.name}`);
@@ -490,7 +499,10 @@ export class Network {
       const mac = await this.sysAttr(n, 'address').catch(() => '');
       if (mac.toLowerCase() === spec.hwAddr) matches.push(n);
     }
-    if (matches.length === 0) throw new NotFoundError(`hw_addr: no interface has MAC ${spec.hwAddr}`);
+    if (matches.length === 0) {
+      if (spec.name !== '' && (await this.exists(join(spec.name, 'device')))) return spec.name;
+      throw new NotFoundError(`hw_addr: no interface has MAC ${spec.hwAddr}${spec.name !== '' ? ` and no NIC is named ${spec.name}` : ''}`);
+    }
     if (matches.length === 1) return matches[0]!;
     // Several (a VLAN or bond on top of the NIC): the one backed by a device.
     for (const n of matches) if (await this.exists(join(n, 'device'))) return n;

@@ -5,6 +5,7 @@
  * pending exit where it left them.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
+import { CloneIdentity } from './clone-identity.js';
 import { join } from 'node:path';
 import type { Logger } from '../log/index.js';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors/index.js';
@@ -27,6 +28,8 @@ export interface SandboxOptions {
   sharedFs?: SharedFs;
   /** Loads kernel modules (default: /sbin/modprobe). */
   loadModules?: (mods: readonly KernelModule[]) => Promise<void>;
+  /** Writes the guest's machine id (default: CloneIdentity's, /run/machine-id). */
+  writeMachineId?: (id: string) => Promise<void>;
 }
 
 export type { NewContainer } from './container.js';
@@ -59,11 +62,13 @@ export class Sandbox {
   private readonly sharedFs: SharedFs;
 
   private readonly loadModules: (mods: readonly KernelModule[]) => Promise<void>;
+  private readonly writeMachineId: (id: string) => Promise<void>;
 
   constructor(private readonly opts: SandboxOptions) {
     this.logger = opts.logger.child({ module: 'sandbox' });
     this.sharedFs = opts.sharedFs ?? new SharedFs({ logger: opts.logger });
     this.loadModules = opts.loadModules ?? ((mods) => loadKernelModules(mods));
+    this.writeMachineId = opts.writeMachineId ?? ((id) => new CloneIdentity(undefined).setMachineId(id));
     this.oom = new OomMonitor(() => this.containers.values(), this.logger);
     this.env = {
       runtime: opts.runtime,
@@ -90,7 +95,7 @@ export class Sandbox {
    * dir is mounted again if it is not. The share is mounted before the id is
    * taken, so a failed mount leaves no sandbox behind and can be retried.
    */
-  async createSandbox(id: string, hostname: string, sharedFs?: SharedFsSpec, kernelModules: readonly KernelModule[] = []): Promise<void> {
+  async createSandbox(id: string, hostname: string, sharedFs?: SharedFsSpec, kernelModules: readonly KernelModule[] = [], machineId?: string): Promise<void> {
     if (this.sandboxIdValue && this.sandboxIdValue !== id) throw new AlreadyExistsError(`sandbox ${this.sandboxIdValue} already exists`);
     if (hostname && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname)) {
       throw new InvalidArgumentError(`hostname: ${JSON.stringify(hostname)} is not a valid hostname`);
@@ -103,6 +108,7 @@ export class Sandbox {
     if (sharedFs) await this.sharedFs.ensure(sharedFs);
     if (this.sandboxIdValue === id) return;
     if (hostname) await writeFile('/proc/sys/kernel/hostname', hostname);
+    if (machineId) await this.writeMachineId(machineId);
     this.sandboxIdValue = id;
     this.logger.info({ sandbox: id, sharedFs }, 'sandbox created');
   }

@@ -15,6 +15,7 @@ import { AGENT_VERSION } from './version.js';
 import { checkContainerId, checkExecId, checkOciProcess, checkSignal, checkWinSize, parseJsonObject } from './validate.js';
 import { InvalidArgumentError } from '../errors/index.js';
 import { checkSharedFs } from './shared-fs.js';
+import { checkMachineId, CloneIdentity } from './clone-identity.js';
 import { checkKernelModules } from './kernel-modules.js';
 import { checkInterface, checkRoutes, Network } from './network.js';
 import { toTimestamp } from '../proto/timestamp.js';
@@ -29,6 +30,8 @@ export interface ServiceDeps {
   startedAt?: number;
   /** The guest's network (default: a real one, busybox `ip` from PATH). */
   network?: Network;
+  /** Entropy and clock of a VM restored from a template (default: no helper: those calls fail). */
+  identity?: CloneIdentity;
 }
 
 function optionalTimestamp(d: Date | undefined): kata.agent.v1.Timestamp.$Properties | undefined {
@@ -47,6 +50,7 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
   const { sandbox, runtime } = deps;
   const startedAt = deps.startedAt ?? Date.now();
   const network = deps.network ?? new Network({ logger: deps.logger });
+  const identity = deps.identity ?? new CloneIdentity(undefined);
   const empty = () => Promise.resolve(pb.Empty.create());
   const processOf = (containerId: string, execId: string) =>
     sandbox.container(checkContainerId(containerId)).process(checkExecId(execId));
@@ -61,8 +65,19 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
 
     CreateSandbox: unary(pb.CreateSandboxRequest, pb.Empty, async (req) => {
       await sandbox.createSandbox(checkContainerId(req.sandboxId, 'sandbox_id'), req.hostname,
-        checkSharedFs(req.sharedFsTag, req.sharedFsMountPoint),
-        checkKernelModules((req.kernelModules ?? []).map((m) => ({ name: m.name ?? '', parameters: m.parameters ?? [] }))));
+        checkSharedFs(req.sharedFsTag, req.sharedFsMountPoint, req.sharedFsType, req.msize_9p),
+        checkKernelModules((req.kernelModules ?? []).map((m) => ({ name: m.name ?? '', parameters: m.parameters ?? [] }))),
+        req.machineId === '' ? undefined : checkMachineId(req.machineId));
+      return empty();
+    }),
+
+    ReseedRandomDev: unary(pb.ReseedRandomDevRequest, pb.Empty, async (req) => {
+      await identity.reseed(req.data);
+      return empty();
+    }),
+
+    SetGuestDateTime: unary(pb.SetGuestDateTimeRequest, pb.Empty, async (req) => {
+      await identity.setTime(Number(req.sec), Number(req.usec));
       return empty();
     }),
 

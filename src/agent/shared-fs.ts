@@ -1,8 +1,9 @@
 /**
  * The pod's shared directory inside the guest: the host serves
  * `<sandbox dir>/shared` over virtio-fs (a `vhost-user-fs` device with a
- * tag); CreateSandbox names the tag and a guest mount point, and this module
- * mounts it there (`mount -t virtiofs <tag> <mount point>`). Container rootfs
+ * tag) or virtio-9p (VM templates and their clones); CreateSandbox names the
+ * tag, the type and a guest mount point, and this module mounts it there
+ * (`mount -t virtiofs <tag> <mount point>`, or `-t 9p -o trans=virtio,…`). Container rootfs
  * directories live inside it (`<mount point>/<container id>/rootfs`).
  *
  * - Node has no mount(2): the mount is a child process (busybox `mount` in
@@ -29,6 +30,23 @@ const MAX_TAG_BYTES = 36;
 export interface SharedFsSpec {
   tag: string;
   mountPoint: string;
+  /** `virtiofs` (default) or `9p` (virtio-9p: VM templates and their clones). */
+  fstype?: SharedFsType;
+  /** 9p only: the largest message (bytes); 0 or absent: 512 KiB. */
+  msize?: number;
+}
+
+export type SharedFsType = 'virtiofs' | '9p';
+/** 9p's msize when none is given: large messages cut the round trips of a read under emulation. */
+export const DEFAULT_9P_MSIZE = 512 * 1024;
+
+/** `mount` arguments for `spec` (9p: trans=virtio, 9p2000.L, cache=mmap as Kata, so that mmap works). */
+export function mountArgs(spec: SharedFsSpec): string[] {
+  if ((spec.fstype ?? 'virtiofs') === '9p') {
+    const msize = spec.msize || DEFAULT_9P_MSIZE;
+    return ['-t', '9p', '-o', `trans=virtio,version=9p2000.L,cache=mmap,msize=${msize}`, spec.tag, spec.mountPoint];
+  }
+  return ['-t', 'virtiofs', spec.tag, spec.mountPoint];
 }
 
 /** Runs a command to completion; rejects with its stderr on failure. */
@@ -50,8 +68,17 @@ export interface SharedFsOptions {
  * Checks CreateSandbox's shared_fs_tag / shared_fs_mount_point: both or
  * neither (undefined). INVALID_ARGUMENT names the field.
  */
-export function checkSharedFs(tag: string, mountPoint: string): SharedFsSpec | undefined {
-  if (tag === '' && mountPoint === '') return undefined;
+export function checkSharedFs(tag: string, mountPoint: string, fstype = '', msize = 0): SharedFsSpec | undefined {
+  if (tag === '' && mountPoint === '') {
+    if (fstype !== '') throw new InvalidArgumentError('shared_fs_type: given without shared_fs_tag');
+    return undefined;
+  }
+  if (fstype !== '' && fstype !== 'virtiofs' && fstype !== '9p') {
+    throw new InvalidArgumentError(`shared_fs_type: ${JSON.stringify(fstype)} must be "virtiofs" or "9p"`);
+  }
+  if (msize !== 0 && (fstype !== '9p' || !Number.isInteger(msize) || msize < 4096 || msize > 4 * 1024 * 1024)) {
+    throw new InvalidArgumentError(`msize_9p: ${msize} must be 4096-4194304 and only with shared_fs_type "9p"`);
+  }
   if (tag === '') throw new InvalidArgumentError('shared_fs_tag: required with shared_fs_mount_point');
   if (mountPoint === '') throw new InvalidArgumentError('shared_fs_mount_point: required with shared_fs_tag');
   if (Buffer.byteLength(tag) > MAX_TAG_BYTES || !/^[A-Za-z0-9._:-]+$/.test(tag)) {
@@ -60,7 +87,7 @@ export function checkSharedFs(tag: string, mountPoint: string): SharedFsSpec | u
   if (!isAbsolute(mountPoint) || normalize(mountPoint) !== mountPoint || mountPoint === '/' || /[\s\\]/.test(mountPoint) || mountPoint.endsWith('/')) {
     throw new InvalidArgumentError(`shared_fs_mount_point: ${JSON.stringify(mountPoint)} must be a normalized absolute path other than / without spaces`);
   }
-  return { tag, mountPoint };
+  return { tag, mountPoint, fstype: fstype === '9p' ? '9p' : 'virtiofs', ...(msize !== 0 ? { msize } : {}) };
 }
 
 /** What mountinfo says is mounted (last mount wins) at `path`: fstype and source. */
@@ -119,8 +146,9 @@ export class SharedFs {
       if (this.mounted && (this.mounted.tag !== spec.tag || this.mounted.mountPoint !== spec.mountPoint)) {
         throw new FailedPreconditionError(`shared fs ${this.mounted.tag} is already mounted at ${this.mounted.mountPoint}`);
       }
+      const fstype = spec.fstype ?? 'virtiofs';
       const there = mountAt(await this.readMountinfo(), spec.mountPoint);
-      if (there?.fstype === 'virtiofs' && there.source === spec.tag) {
+      if (there?.fstype === fstype && there.source === spec.tag) {
         this.mounted = spec;
         return;
       }
@@ -133,9 +161,9 @@ export class SharedFs {
         throw new FailedPreconditionError(`shared_fs_mount_point: cannot create ${spec.mountPoint}: ${(err as Error).message}`, { cause: err });
       }
       const t0 = Date.now();
-      await this.run(this.opts.mountBinary ?? 'mount', ['-t', 'virtiofs', spec.tag, spec.mountPoint], this.timeoutMs);
+      await this.run(this.opts.mountBinary ?? 'mount', mountArgs(spec), this.timeoutMs);
       this.mounted = spec;
-      this.logger.info({ tag: spec.tag, mountPoint: spec.mountPoint, ms: Date.now() - t0 }, 'shared fs mounted');
+      this.logger.info({ tag: spec.tag, fstype, mountPoint: spec.mountPoint, ms: Date.now() - t0 }, 'shared fs mounted');
     });
   }
 
@@ -146,7 +174,7 @@ export class SharedFs {
       if (!m) return;
       const umount = this.opts.umountBinary ?? 'umount';
       const there = mountAt(await this.readMountinfo(), m.mountPoint);
-      if (there?.fstype === 'virtiofs' && there.source === m.tag) {
+      if (there?.fstype === (m.fstype ?? 'virtiofs') && there.source === m.tag) {
         try {
           await this.run(umount, [m.mountPoint], this.timeoutMs);
         } catch (err) {

@@ -31,13 +31,14 @@
  * Nothing is removed through a mount: a directory is deleted only when
  * /proc/self/mountinfo shows nothing mounted under it.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join, posix } from 'node:path';
 import { AgentClient } from '../agent-client/index.js';
 import { FailedPreconditionError, InvalidArgumentError, StatusError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import {
-  BootVmProvider, followFile, mountsUnder, VM_FILES, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmResources,
+  BootVmProvider, followFile, mountsUnder, VM_FILES, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmProvider, type VmResources,
 } from '../vm/index.js';
 import type { GuestImage } from './guest-image.js';
 
@@ -103,6 +104,25 @@ export interface SandboxVmOptions {
   onConsoleLine?: (line: string) => void;
   /** Kernel modules (name, parameters) the agent loads before the sandbox is created. */
   kernelModules?: ReadonlyArray<{ name: string; parameters: readonly string[] }>;
+  /** How the shared dir reaches the guest: virtio-fs (default) or virtio-9p (msize in bytes; 0: the agent's default). */
+  sharedFs?: 'virtio-fs' | 'virtio-9p';
+  msize9p?: number;
+  /**
+   * Where the VM comes from, given how it would boot (the sandbox factory's
+   * seam): default a cold boot (BootVmProvider); src/factory's TemplateFactory
+   * clones a VM template instead. A VM restored from a saved state gets fresh
+   * entropy and the host's clock before anything runs in it.
+   */
+  vmSource?: (boot: BootVmProviderOptions) => VmProvider;
+  /** The guest's hostname (default: the image's). */
+  hostname?: string;
+  /** The guest's /etc/machine-id (default: derived from the sandbox id). */
+  machineId?: string;
+}
+
+/** A pod's machine id: 32 hex digits derived from its id (stable across shim restarts, distinct per pod). */
+export function podMachineId(sandboxId: string): string {
+  return createHash('sha256').update(`kata-ts machine-id ${sandboxId}`).digest('hex').slice(0, 32);
 }
 
 /** The guest NIC: the host tap it is backed by, its MAC (the pod veth's), the MTU it advertises. */
@@ -140,6 +160,7 @@ export function sandboxBootOptions(image: GuestImage, o: {
   agentArgs?: readonly string[];
   qemuBinary?: string;
   virtiofsdBinary?: string;
+  sharedFs?: 'virtio-fs' | 'virtio-9p';
 } = {}): BootVmProviderOptions {
   const machine = o.machine ?? 'microvm';
   return {
@@ -153,6 +174,7 @@ export function sandboxBootOptions(image: GuestImage, o: {
     kvmProbe: { kernel: image.vmlinux, initrd: image.bareInitrd, ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}) },
     agent: { transport: 'virtio-serial', portName: AGENT_PORT },
     sharedFsTag: SHARED_FS_TAG,
+    ...(o.sharedFs !== undefined ? { sharedFsKind: o.sharedFs } : {}),
     // The share holds container root filesystems that the host writes and
     // the guest reads and writes: coherent caching (auto), not `always`.
     sharedFsCache: 'auto',
@@ -172,7 +194,7 @@ export class SandboxVm {
   /** Guest path where the agent mounted it. */
   readonly guestSharedDir = GUEST_SHARED_DIR;
   /** ms from start() to the agent answering Check, and to CreateSandbox done. */
-  readonly timings = { readyMs: 0, sandboxMs: 0 };
+  readonly timings = { readyMs: 0, sandboxMs: 0, identityMs: 0 };
 
   private vmValue: Vm | undefined;
   private agentValue: AgentClient | undefined;
@@ -253,7 +275,7 @@ export class SandboxVm {
     this.push('shared dir', () => removeDirIfUnmounted(this.sharedDir));
 
     let probed: AgentClient | undefined;
-    const provider = new BootVmProvider({
+    const bootOptions: BootVmProviderOptions = {
       ...sandboxBootOptions(o.image, o),
       readyTimeoutMs: o.readyTimeoutMs ?? AGENT_READY_TIMEOUT_MS,
       readyProbe: async (vm, signal) => {
@@ -277,7 +299,8 @@ export class SandboxVm {
         probed?.close();
         probed = c;
       },
-    });
+    };
+    const provider = o.vmSource ? o.vmSource(bootOptions) : new BootVmProvider(bootOptions);
     if (o.onConsoleLine) {
       // From QEMU's start, so a boot that fails is followed too; stopped after the VM
       // (cleanups run last first), reading through its open fd what the VM's stop unlinks.
@@ -316,9 +339,23 @@ export class SandboxVm {
     this.push('agent connection', () => agent.close());
     this.timings.readyMs = Date.now() - t0;
 
+    if (vm.restoredFrom !== undefined) {
+      // A clone resumes as the template was: same CRNG state, same clock. Its own, before anything runs.
+      const call = { ...(o.signal ? { signal: o.signal } : {}), timeoutMs: 10_000 };
+      await agent.reseedRandomDev(randomBytes(64), call);
+      await agent.setGuestDateTime(new Date(), call);
+      this.timings.identityMs = Date.now() - t0 - this.timings.readyMs;
+    }
     await agent.createSandbox({
       sandboxId: o.sandboxId,
-      sharedFs: { tag: SHARED_FS_TAG, mountPoint: GUEST_SHARED_DIR },
+      sharedFs: {
+        tag: SHARED_FS_TAG,
+        mountPoint: GUEST_SHARED_DIR,
+        fstype: vm.sharedFsKind === 'virtio-9p' ? '9p' : 'virtiofs',
+        ...(vm.sharedFsKind === 'virtio-9p' && o.msize9p ? { msize: o.msize9p } : {}),
+      },
+      ...(o.hostname !== undefined ? { hostname: o.hostname } : {}),
+      machineId: o.machineId ?? podMachineId(o.sandboxId),
       ...(o.kernelModules?.length ? { kernelModules: o.kernelModules } : {}),
     }, {
       ...(o.signal ? { signal: o.signal } : {}),

@@ -95,6 +95,8 @@ export type SandboxFactory = (req: {
   annotations?: Record<string, string>;
   /** The first container's linux.cgroupsPath (the pod's cgroup when it is the sandbox container). */
   cgroupsPath?: string;
+  /** The first container's OCI hostname (CRI: the pod's): the guest's hostname. */
+  hostname?: string;
   signal?: AbortSignal;
 }) => Promise<PodSandbox>;
 
@@ -685,7 +687,9 @@ function sandboxSpecInfo(spec: unknown): SandboxSpecInfo {
   const netnsPath = networkNamespacePath(spec);
   const annotations = specAnnotations(spec);
   const cg = (spec as { linux?: { cgroupsPath?: unknown } } | null)?.linux?.cgroupsPath;
+  const hostname = (spec as { hostname?: unknown } | null)?.hostname;
   return {
+    ...(typeof hostname === 'string' && /^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname) ? { hostname } : {}),
     ...(netnsPath ? { netnsPath } : {}),
     ...(annotations ? { annotations } : {}),
     ...(typeof cg === 'string' && cg !== '' ? { cgroupsPath: cg } : {}),

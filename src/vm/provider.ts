@@ -56,6 +56,8 @@ export interface BootVmProviderOptions {
   agent?: AgentChannelOptions;
   /** Guest mount tag of the shared dir. */
   sharedFsTag?: string;
+  /** virtio-fs (default; virtiofsd) or virtio-9p (inside QEMU). */
+  sharedFsKind?: 'virtio-fs' | 'virtio-9p';
   /** virtiofsd cache mode (default auto: host and guest both write the share). */
   sharedFsCache?: VirtiofsCache;
   /** E.g. the read-only guest root image. */
@@ -64,6 +66,10 @@ export interface BootVmProviderOptions {
   virtiofsdBinary?: string;
   /** QEMU and virtiofsd die with this process (QemuVmOptions.dieWithParent). */
   dieWithParent?: boolean;
+  /** Guest RAM in a file (QemuVmOptions.memoryFile): a VM template's or a clone's. */
+  memoryFile?: { path: string; share: boolean };
+  /** Restore this saved state instead of booting (QemuVmOptions.incomingState): a clone. */
+  incomingState?: string;
   timeouts?: Partial<QemuTimeouts>;
   /**
    * Called with the started VM; resolves when the guest is ready (the agent
@@ -100,6 +106,7 @@ export class BootVmProvider implements VmProvider {
       kernel: o.kernel,
       sharedFs: {
         sharedDir: req.sharedDir,
+        ...(o.sharedFsKind !== undefined ? { kind: o.sharedFsKind } : {}),
         ...(o.sharedFsTag !== undefined ? { tag: o.sharedFsTag } : {}),
         ...(o.sharedFsCache !== undefined ? { cache: o.sharedFsCache } : {}),
         ...(o.virtiofsdBinary !== undefined ? { binary: o.virtiofsdBinary } : {}),
@@ -114,6 +121,8 @@ export class BootVmProvider implements VmProvider {
       ...(req.netns !== undefined ? { netns: req.netns } : {}),
       ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}),
       ...(o.dieWithParent !== undefined ? { dieWithParent: o.dieWithParent } : {}),
+      ...(o.memoryFile !== undefined ? { memoryFile: o.memoryFile } : {}),
+      ...(o.incomingState !== undefined ? { incomingState: o.incomingState } : {}),
       ...(o.timeouts !== undefined ? { timeouts: o.timeouts } : {}),
     });
     await vm.start(req.signal ? { signal: req.signal } : {});

@@ -51,6 +51,16 @@ export interface QemuConfig {
   devices: readonly DeviceConfig[];
   /** Shows up in `ps` and QEMU's thread names. */
   name?: string;
+  /**
+   * Guest RAM in a file (a VM template's memory, or a clone's): `share`
+   * true maps it MAP_SHARED (the template writes its RAM into the file; a
+   * vhost-user device can map it), false MAP_PRIVATE (a clone's writes stay
+   * its own, copy-on-write, and the file's pages are shared by every clone).
+   * Absent: anonymous RAM (a memfd when a vhost-user device needs it).
+   */
+  memoryFile?: { path: string; share: boolean };
+  /** `-incoming defer`: the VM waits for `migrate-incoming` (a clone restoring a template's state). */
+  incoming?: boolean;
 }
 
 /** Throws InvalidArgumentError naming the first bad field. */
@@ -72,6 +82,15 @@ export function validateQemuConfig(cfg: QemuConfig): void {
   if (cfg.tscKhz !== undefined) checkInt(cfg.tscKhz, 'tscKhz', 1, 100_000_000);
   checkAbsPath(cfg.consoleLog, 'consoleLog');
   checkSocketPath(cfg.qmpSocket, 'qmpSocket');
+  if (cfg.memoryFile !== undefined) {
+    checkAbsPath(cfg.memoryFile.path, 'memoryFile.path');
+    if (/[,\s]/.test(cfg.memoryFile.path)) throw invalid('memoryFile.path', `must not contain commas or spaces (got ${JSON.stringify(cfg.memoryFile.path)})`);
+    if (typeof cfg.memoryFile.share !== 'boolean') throw invalid('memoryFile.share', 'must be a boolean');
+    if (!cfg.memoryFile.share && needsSharedMemory(cfg.devices ?? [])) {
+      throw invalid('memoryFile.share', 'must be true: a vhost-user device (virtio-fs) maps guest RAM, which a private mapping hides from it');
+    }
+  }
+  if (cfg.incoming !== undefined && typeof cfg.incoming !== 'boolean') throw invalid('incoming', 'must be a boolean');
   if (cfg.name !== undefined && !/^[A-Za-z0-9._-]{1,64}$/.test(cfg.name)) {
     throw invalid('name', `must be 1-64 letters, digits, '.', '_', '-' (got ${JSON.stringify(cfg.name)})`);
   }
@@ -92,7 +111,7 @@ export function buildQemuArgs(cfg: QemuConfig): string[] {
   const shared = needsSharedMemory(cfg.devices);
   const machine: string[] = [cfg.machine];
   if (cfg.machine === 'microvm') machine.push('x-option-roms=off');
-  if (shared) machine.push('memory-backend=mem');
+  if (shared || cfg.memoryFile) machine.push('memory-backend=mem');
 
   const args: string[] = [];
   if (cfg.name !== undefined) args.push('-name', `${cfg.name},debug-threads=on`);
@@ -103,7 +122,12 @@ export function buildQemuArgs(cfg: QemuConfig): string[] {
     '-smp', String(cfg.vcpus),
     '-m', `${cfg.memoryMiB}M`,
   );
-  if (shared) args.push('-object', `memory-backend-memfd,id=mem,size=${cfg.memoryMiB}M,share=on`);
+  if (cfg.memoryFile) {
+    const m = cfg.memoryFile;
+    args.push('-object', `memory-backend-file,id=mem,size=${cfg.memoryMiB}M,mem-path=${m.path},share=${m.share ? 'on' : 'off'}`);
+  } else if (shared) {
+    args.push('-object', `memory-backend-memfd,id=mem,size=${cfg.memoryMiB}M,share=on`);
+  }
   args.push('-nodefaults', '-no-user-config', '-nographic', '-no-reboot');
   if (cfg.machine === 'microvm') args.push('-global', 'virtio-mmio.force-legacy=false');
   args.push('-kernel', cfg.kernel);
@@ -116,5 +140,6 @@ export function buildQemuArgs(cfg: QemuConfig): string[] {
     '-mon', 'chardev=qmp,mode=control',
   );
   args.push(...devicesArgs(cfg.devices, { machine: cfg.machine }));
+  if (cfg.incoming) args.push('-incoming', 'defer');
   return args;
 }

@@ -91,7 +91,13 @@ export const DEFAULT_QEMU_TIMEOUTS: QemuTimeouts = {
 };
 
 export interface SharedFsOptions {
-  /** The only host directory the guest sees (served by virtiofsd). */
+  /**
+   * `virtio-fs` (default): virtiofsd serves the dir over vhost-user.
+   * `virtio-9p`: QEMU serves it itself (no daemon; the only way a VM
+   * template and its clones can have a shared dir: see devices/shared-9p.ts).
+   */
+  kind?: 'virtio-fs' | 'virtio-9p';
+  /** The only host directory the guest sees. */
   sharedDir: string;
   /** Guest mount tag (default `kataShared`). */
   tag?: string;
@@ -133,6 +139,14 @@ export interface QemuVmOptions extends MachineOptions {
   netns?: string;
   /** Default `nsenter` from PATH. */
   nsenterBinary?: string;
+  /** Guest RAM in a file (QemuConfig.memoryFile): a VM template's, or a clone's. */
+  memoryFile?: { path: string; share: boolean };
+  /**
+   * Restore this saved state (a VM template's, written by saveState) instead
+   * of booting: QEMU starts with `-incoming defer`, loads it over QMP
+   * (`x-ignore-shared`: the RAM is in memoryFile already) and runs on.
+   */
+  incomingState?: string;
   /** Default `qemu-system-x86_64` from PATH. */
   qemuBinary?: string;
   /**
@@ -159,6 +173,18 @@ interface Plan {
   netns: string | undefined;
   nsenter: string;
   dieWithParent: boolean;
+  incomingState: string | undefined;
+}
+
+/** Restore: migrate-incoming → the VM running (the state is a few hundred KB; RAM is not in it). */
+export const QEMU_RESTORE_TIMEOUT_MS = 30_000;
+/** Save: stop → migrate → completed. */
+export const QEMU_SAVE_TIMEOUT_MS = 60_000;
+
+/** A state file QEMU reads or writes through `exec:` (a shell runs it): no characters the shell would read. */
+function checkStatePath(path: string, field: string): void {
+  checkAbsPath(path, field);
+  if (!/^[A-Za-z0-9._/+-]+$/.test(path)) throw invalid(field, `must be letters, digits and ._/+- only (got ${JSON.stringify(path)})`);
 }
 
 /**
@@ -228,6 +254,10 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     checkAbsPath(opts.dir, 'dir');
     if (opts.netns !== undefined) checkAbsPath(opts.netns, 'netns');
     if (opts.nsenterBinary !== undefined) checkString(opts.nsenterBinary, 'nsenterBinary');
+    if (opts.incomingState !== undefined) {
+      checkStatePath(opts.incomingState, 'incomingState');
+      if (!opts.memoryFile) throw invalid('incomingState', 'needs memoryFile (the saved state holds no RAM)');
+    }
     this.sandboxId = opts.sandboxId;
     this.log = opts.logger.child({ module: 'vm', sandbox: opts.sandboxId });
     this.timeouts = { ...DEFAULT_QEMU_TIMEOUTS, ...opts.timeouts };
@@ -246,12 +276,20 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       agent = { transport: 'vsock', guestCid: agentOpt.guestCid };
       devices.push({ kind: 'agent-channel', transport: 'vsock', guestCid: agentOpt.guestCid });
     }
+    devices.push(...(opts.blockDevices ?? []), ...(opts.tapNets ?? []));
+    // virtio-fs last: a VM template has no virtio-fs device (QEMU cannot migrate
+    // vhost-user-fs), and its clones add it after the template's devices, in the
+    // next free virtio-mmio slot, so that every device before it matches.
     if (opts.sharedFs) {
       checkAbsPath(opts.sharedFs.sharedDir, 'sharedFs.sharedDir');
-      devices.push({ kind: 'shared-fs', socketPath: f(VM_FILES.virtiofsd), tag: opts.sharedFs.tag ?? DEFAULT_SHARED_FS_TAG });
-      files.push(VM_FILES.virtiofsd, VM_FILES.virtiofsdLog);
+      const tag = opts.sharedFs.tag ?? DEFAULT_SHARED_FS_TAG;
+      if (opts.sharedFs.kind === 'virtio-9p') {
+        devices.push({ kind: 'shared-9p', path: opts.sharedFs.sharedDir, tag });
+      } else {
+        devices.push({ kind: 'shared-fs', socketPath: f(VM_FILES.virtiofsd), tag });
+        files.push(VM_FILES.virtiofsd, VM_FILES.virtiofsdLog);
+      }
     }
-    devices.push(...(opts.blockDevices ?? []), ...(opts.tapNets ?? []));
     const tscKhz = machine === 'microvm' ? hostTscKhz() : undefined;
     const qemuConfig: QemuConfig = {
       machine,
@@ -266,6 +304,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       qmpSocket: f(VM_FILES.qmp),
       devices,
       name: `sandbox-${opts.sandboxId.slice(0, 32)}`,
+      ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
+      ...(opts.incomingState !== undefined ? { incoming: true } : {}),
     };
     buildQemuArgs(qemuConfig); // validate now: a bad config fails before anything exists
     this.plan = {
@@ -275,6 +315,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       netns: opts.netns,
       nsenter: opts.nsenterBinary ?? 'nsenter',
       dieWithParent: opts.dieWithParent ?? false,
+      incomingState: opts.incomingState,
     };
     this.st = {
       version: VM_STATE_VERSION,
@@ -341,6 +382,15 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     return this.exitValue;
   }
 
+  get restoredFrom(): string | undefined {
+    return this.plan?.incomingState;
+  }
+
+  get sharedFsKind(): 'virtio-fs' | 'virtio-9p' | undefined {
+    const sf = this.plan?.sharedFs;
+    return sf ? (sf.kind ?? 'virtio-fs') : undefined;
+  }
+
   /** The last lines of the guest's serial console. */
   consoleTail(lines = 30): string {
     return tailFile(this.st.consoleLog, lines);
@@ -349,6 +399,12 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
   /** A JSON-serializable copy of the state record. */
   state(): VmState {
     return structuredClone(this.st);
+  }
+
+  /** QEMU's version, as its QMP greeting gives it (e.g. `7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`). */
+  qemuVersion(): string {
+    const v = this.liveQmp('version').greeting.version;
+    return `${v.qemu.major}.${v.qemu.minor}.${v.qemu.micro}${v.package ? ` (${v.package.trim()})` : ''}`;
   }
 
   /** QMP `query-status`. */
@@ -467,7 +523,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         throw new FailedPreconditionError(`vm ${this.sandboxId}: netns: ${plan.netns}: no such network namespace`);
       }
       this.prepareDir();
-      if (plan.sharedFs) {
+      if (plan.sharedFs && plan.sharedFs.kind !== 'virtio-9p') {
         const sf = plan.sharedFs;
         this.virtiofsd = await Virtiofsd.start({
           socketPath: join(this.st.dir, VM_FILES.virtiofsd),
@@ -489,6 +545,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       const qmp = await this.connectQmp(sig);
       this.qmp = qmp;
       this.watchQmp(qmp);
+      if (plan.incomingState !== undefined) await this.restore(qmp, plan.incomingState, sig);
       const status = await qmp.queryStatus({ signal: sig, timeoutMs: this.timeouts.qmpCommandMs });
       if (status.status !== 'running') throw new InternalError(`vm ${this.sandboxId}: qemu status ${status.status} after start`);
       if (this.phaseValue !== 'starting') throw new CancelledError(`vm ${this.sandboxId}: start: stopped meanwhile`);
@@ -582,6 +639,68 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         await sleep(10, sig, 'qmp socket');
       }
     });
+  }
+
+  /**
+   * Loads a saved state into a QEMU started with `-incoming defer` and runs
+   * it. A state QEMU cannot load makes it exit (its log says why), which
+   * fails start() with that log.
+   */
+  private async restore(qmp: QmpClient, stateFile: string, signal: AbortSignal): Promise<void> {
+    const t0 = Date.now();
+    await withDeadline(`vm ${this.sandboxId}: restore ${stateFile}`, QEMU_RESTORE_TIMEOUT_MS, signal, async (sig) => {
+      const call = { signal: sig, timeoutMs: this.timeouts.qmpCommandMs };
+      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, call);
+      await qmp.execute('migrate-incoming', { uri: `exec:cat ${stateFile}` }, call);
+      let interval = 5;
+      for (;;) {
+        const s = await qmp.queryStatus(call);
+        if (s.status !== 'inmigrate') {
+          if (s.status === 'paused' || s.status === 'postmigrate' || s.status === 'prelaunch') await qmp.cont(call);
+          else if (s.status !== 'running') throw new InternalError(`vm ${this.sandboxId}: restore: status ${s.status} after loading ${stateFile}`);
+          break;
+        }
+        await sleep(interval, sig, 'restore');
+        interval = Math.min(interval * 2, 50);
+      }
+    });
+    this.log.info({ ms: Date.now() - t0, state: stateFile }, 'vm restored from a saved state');
+  }
+
+  /**
+   * Saves the running VM's device state to `stateFile` for clones (the RAM
+   * stays in the shared memoryFile: `x-ignore-shared`). The VM is left
+   * paused; stop() it afterwards. Needs memoryFile with share = true.
+   */
+  async saveState(stateFile: string, opts: { signal?: AbortSignal } = {}): Promise<{ ms: number }> {
+    checkStatePath(stateFile, 'stateFile');
+    checkOp(this.sandboxId, this.phaseValue, 'pause');
+    const mem = this.plan?.qemuConfig.memoryFile;
+    if (!mem?.share) throw new FailedPreconditionError(`vm ${this.sandboxId}: saveState needs guest RAM in a shared memory file`);
+    const t0 = Date.now();
+    await this.serialize('save', opts.signal, async (signal) => {
+      await withDeadline(`vm ${this.sandboxId}: save state`, QEMU_SAVE_TIMEOUT_MS, signal, async (sig) => {
+        const qmp = this.liveQmp('save state');
+        const call = { signal: sig, timeoutMs: this.timeouts.qmpCommandMs };
+        await qmp.stop(call);
+        if (this.phaseValue === 'running') this.phaseValue = 'paused';
+        await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, call);
+        await qmp.execute('migrate', { uri: `exec:cat > ${stateFile}` }, call);
+        let interval = 5;
+        for (;;) {
+          const m = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate', undefined, call);
+          if (m.status === 'completed') break;
+          if (m.status === 'failed' || m.status === 'cancelled') {
+            throw new InternalError(`vm ${this.sandboxId}: save state: migration ${m.status}${m['error-desc'] ? `: ${m['error-desc']}` : ''}`);
+          }
+          await sleep(interval, sig, 'save state');
+          interval = Math.min(interval * 2, 50);
+        }
+      });
+    });
+    const ms = Date.now() - t0;
+    this.log.info({ ms, state: stateFile }, 'vm state saved');
+    return { ms };
   }
 
   // ---------------------------------------------------------------------------

@@ -91,6 +91,10 @@ export interface Vm extends EventEmitter<VmEvents> {
   readonly pid: number | undefined;
   /** The exit record once QEMU is gone. */
   readonly exitInfo: VmExit | undefined;
+  /** The saved state this VM was restored from (a VM template's clone); absent for a booted VM. */
+  readonly restoredFrom?: string | undefined;
+  /** How the shared dir reaches the guest (absent: no shared dir). */
+  readonly sharedFsKind?: 'virtio-fs' | 'virtio-9p' | undefined;
   /** Calls `probe` until it succeeds, the VM dies or the timeout passes. */
   waitReady(probe: ReadyProbe, opts?: WaitReadyOptions): Promise<void>;
   pause(opts?: PauseOptions): Promise<void>;

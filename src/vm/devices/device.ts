@@ -6,16 +6,18 @@ import { invalid } from '../validate.js';
 import { agentChannel, type AgentChannelConfig } from './agent-channel.js';
 import { blockDevice, type BlockDeviceConfig } from './block-device.js';
 import { sharedFs, type SharedFsConfig } from './shared-fs.js';
+import { shared9p, type Shared9pConfig } from './shared-9p.js';
 import { tapNet, type TapNetConfig } from './tap-net.js';
 import type { DeviceContext, DeviceKind } from './types.js';
 
-export type DeviceConfig = AgentChannelConfig | SharedFsConfig | BlockDeviceConfig | TapNetConfig;
+export type DeviceConfig = AgentChannelConfig | SharedFsConfig | Shared9pConfig | BlockDeviceConfig | TapNetConfig;
 
 type KindTable = { [K in DeviceConfig['kind']]: DeviceKind<Extract<DeviceConfig, { kind: K }>> };
 
 const KINDS: KindTable = {
   'agent-channel': agentChannel,
   'shared-fs': sharedFs,
+  'shared-9p': shared9p,
   block: blockDevice,
   'tap-net': tapNet,
 };

@@ -10,8 +10,13 @@ export interface TapNetConfig {
   kind: 'tap-net';
   /** QEMU netdev id. */
   id: string;
-  /** Host tap interface name (at most 15 bytes). */
-  ifname: string;
+  /**
+   * Host tap interface name (at most 15 bytes). Absent: a NIC with no
+   * back-end (`-netdev hubport` on an otherwise empty hub), the stand-in a
+   * VM template boots with so that its clones, whose NIC is the pod's tap,
+   * have the same device set.
+   */
+  ifname?: string;
   /** Guest MAC, e.g. 52:54:00:12:34:56. */
   mac?: string;
   /** vhost-net acceleration (needs /dev/vhost-net). */
@@ -28,8 +33,8 @@ export const tapNet: DeviceKind<TapNetConfig> = {
 
   validate(cfg, field) {
     checkQemuId(cfg.id, `${field}.id`);
-    checkString(cfg.ifname, `${field}.ifname`);
-    if (!/^[A-Za-z0-9._-]{1,15}$/.test(cfg.ifname)) {
+    if (cfg.ifname !== undefined) checkString(cfg.ifname, `${field}.ifname`);
+    if (cfg.ifname !== undefined && !/^[A-Za-z0-9._-]{1,15}$/.test(cfg.ifname)) {
       throw invalid(`${field}.ifname`, `must be 1-15 letters, digits, '.', '_', '-' (got ${JSON.stringify(cfg.ifname)})`);
     }
     if (cfg.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(cfg.mac)) {
@@ -45,7 +50,7 @@ export const tapNet: DeviceKind<TapNetConfig> = {
     const mac = cfg.mac === undefined ? '' : `,mac=${cfg.mac.toLowerCase()}`;
     const mtu = cfg.mtu === undefined ? '' : `,host_mtu=${cfg.mtu}`;
     return [
-      '-netdev', `tap,id=${cfg.id},ifname=${cfg.ifname},script=no,downscript=no${vhost}`,
+      '-netdev', cfg.ifname === undefined ? `hubport,id=${cfg.id},hubid=0` : `tap,id=${cfg.id},ifname=${cfg.ifname},script=no,downscript=no${vhost}`,
       '-device', `${virtioDevice('virtio-net', ctx.machine)},netdev=${cfg.id}${mac}${mtu}`,
     ];
   },
