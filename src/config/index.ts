@@ -45,6 +45,7 @@ export interface QemuConfig {
   shared_fs: SharedFs;
   virtio_fs_daemon: string;
   virtio_fs_cache: VirtioFsCache;
+  msize_9p: number;
   valid_hypervisor_paths: string[];
   valid_kernel_paths: string[];
   valid_initrd_paths: string[];
@@ -123,6 +124,7 @@ const QEMU: Record<keyof QemuConfig, KeySpec> = {
   shared_fs: { kind: { t: 'enum', values: ['virtio-fs', 'virtio-9p', 'none'] }, def: 'virtio-fs' },
   virtio_fs_daemon: { kind: P, def: '/usr/lib/qemu/virtiofsd', validList: 'valid_virtio_fs_daemon_paths' },
   virtio_fs_cache: { kind: { t: 'enum', values: ['auto', 'always', 'none'] }, def: 'auto' },
+  msize_9p: { kind: { t: 'int', min: 4096, max: 4194304 }, def: 524288 },
   valid_hypervisor_paths: { kind: LP, def: [] },
   valid_kernel_paths: { kind: LP, def: [] },
   valid_initrd_paths: { kind: LP, def: [] },
@@ -311,6 +313,17 @@ export function parseConfig(text: string, file: string, source: ConfigSource = '
   for (const m of (out['agent.kata'] as unknown as AgentConfig).kernel_modules) {
     if (!KERNEL_MODULE.test(m)) {
       fail(`[agent.kata] kernel_modules: ${JSON.stringify(m)} is not "name [param=value ...]" (a module of the guest image and its parameters)`);
+    }
+  }
+  const factory = out['factory'] as unknown as FactoryConfig;
+  if (factory.enable_template) {
+    // Kata's rules, with our reasons: QEMU 7.2 refuses to save or load a VM with a vhost-user-fs
+    // device, and vhost-user needs guest RAM the daemon shares, which a clone's private mapping is not.
+    if (qemu.shared_fs !== 'virtio-9p') {
+      fail(`[factory] enable_template = true needs [hypervisor.qemu] shared_fs = "virtio-9p" (got ${JSON.stringify(qemu.shared_fs)}: a virtio-fs device cannot be in a VM template)`);
+    }
+    if (qemu.machine_type !== 'microvm') {
+      fail(`[factory] enable_template = true needs [hypervisor.qemu] machine_type = "microvm" (got ${JSON.stringify(qemu.machine_type)})`);
     }
   }
   for (const a of qemu.enable_annotations) {

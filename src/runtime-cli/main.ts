@@ -20,6 +20,8 @@ import {
   type ProbeLine,
 } from './probes.js';
 
+import { factoryDestroy, factoryInit, factoryStatus, printFactoryStatus } from './factory.js';
+
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
 const USAGE = `usage: kata-ts-runtime <command> [--json] [--config FILE]
@@ -28,10 +30,14 @@ commands:
   check   probe this host (KVM, TCG, vsock, tun, tc mirred, virtiofsd, guest image,
           containerd, cgroup v2); exit 0 only when a pod can run
   env     print the effective configuration and versions (TOML, or JSON with --json)
+  factory init      make the VM templates this configuration's pods clone ([factory])
+  factory status    the templates under template_path: current, stale, broken, last failures
+  factory destroy   remove every template (running clones keep their memory)
 `;
 
 interface Args {
   cmd: string;
+  sub?: string;
   json: boolean;
   config?: string;
 }
@@ -40,6 +46,7 @@ class UsageError extends Error {}
 
 function parseArgs(argv: readonly string[]): Args {
   let cmd: string | undefined;
+  let sub: string | undefined;
   let json = false;
   let config: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -51,10 +58,12 @@ function parseArgs(argv: readonly string[]): Args {
     } else if (a.startsWith('--config=')) config = a.slice('--config='.length);
     else if (a === '-h' || a === '--help' || a === 'help') cmd = 'help';
     else if (!a.startsWith('-') && cmd === undefined) cmd = a;
+    else if (!a.startsWith('-') && cmd === 'factory' && sub === undefined) sub = a;
     else throw new UsageError(`unexpected argument ${a}`);
   }
   if (!cmd) throw new UsageError('no command');
-  return { cmd, json, ...(config ? { config } : {}) };
+  if (cmd === 'factory' && !['init', 'status', 'destroy'].includes(sub ?? '')) throw new UsageError('factory needs init, status or destroy');
+  return { cmd, json, ...(sub ? { sub } : {}), ...(config ? { config } : {}) };
 }
 
 function shimVersion(): string {
@@ -185,6 +194,22 @@ export async function main(argv: readonly string[]): Promise<number> {
         return 0;
       } catch (err) {
         process.stderr.write(`kata-ts-runtime env: ${(err as Error).message}\n`);
+        return 1;
+      }
+    }
+    case 'factory': {
+      const print = (l: string): void => void process.stdout.write(`${l}\n`);
+      try {
+        if (args.sub === 'init') await factoryInit(args.config, print);
+        else if (args.sub === 'destroy') await factoryDestroy(args.config, print);
+        else {
+          const st = await factoryStatus(args.config);
+          if (args.json) print(JSON.stringify(st, null, 2));
+          else printFactoryStatus(st, print);
+        }
+        return 0;
+      } catch (err) {
+        process.stderr.write(`kata-ts-runtime factory ${args.sub}: ${(err as Error).message}\n`);
         return 1;
       }
     }

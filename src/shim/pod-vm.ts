@@ -15,7 +15,9 @@
  * model, debug switches and the guest files: its kernel/initrd/image are used
  * and the image's other files (cmdline, manifest, bare initrd) are taken
  * from the kernel's directory.
- * Settings SandboxVm cannot honour yet (shared_fs other than virtio-fs,
+ * [factory] enable_template makes the VM a clone of a VM template
+ * (src/factory) when one can be made and used, a cold boot otherwise.
+ * Settings SandboxVm cannot honour yet (shared_fs = none,
  * virtio_fs_cache other than auto) refuse
  * the pod rather than being ignored. An invalid file fails the pod's first
  * Create with the validation error.
@@ -30,6 +32,7 @@ import {
   attachTap, DEFAULT_TAP_NAME, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState,
 } from '../network/index.js';
 import { loadGuestImage, SandboxVm, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
+import { TemplateFactory } from '../factory/index.js';
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
 export const NETWORK_STATE_FILE = 'network.json';
@@ -67,10 +70,16 @@ export async function cleanupNetworkState(dir: string, logger: Logger): Promise<
   }
 }
 
+/** Whether the image's manifest lists the 9p modules (Debian's generic kernel has them, the cloud one not). */
+function guestHas9p(image: GuestImage): boolean {
+  const files = (image.manifest['modules'] as { rootfsFiles?: unknown } | undefined)?.rootfsFiles;
+  return Array.isArray(files) && files.includes('9p') && files.includes('9pnet_virtio');
+}
+
 /** What of the configuration the pod VM uses: its SandboxVm options and whether it joins the pod network. */
 export interface PodVmSettings {
   image: GuestImage;
-  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary' | 'kernelModules'>;
+  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary' | 'kernelModules' | 'sharedFs' | 'msize9p'>;
   network: boolean;
   /** [hypervisor.qemu] enable_debug: the guest console goes into the shim's log. */
   consoleToLog: boolean;
@@ -113,13 +122,18 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
     if (!existsSync(f)) throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] ${key} = ${JSON.stringify(f)}: no such file`);
   };
   mustExist('path', q.path);
-  mustExist('virtio_fs_daemon', q.virtio_fs_daemon);
-  if (q.shared_fs !== 'virtio-fs') unsupported('shared_fs', q.shared_fs, 'virtio-fs');
-  if (q.virtio_fs_cache !== 'auto') unsupported('virtio_fs_cache', q.virtio_fs_cache, 'auto');
+  if (q.shared_fs === 'none') unsupported('shared_fs', q.shared_fs, 'virtio-fs, virtio-9p');
+  if (q.shared_fs === 'virtio-fs') {
+    mustExist('virtio_fs_daemon', q.virtio_fs_daemon);
+    if (q.virtio_fs_cache !== 'auto') unsupported('virtio_fs_cache', q.virtio_fs_cache, 'auto');
+  }
   mustExist('kernel', q.kernel);
   mustExist('initrd', q.initrd);
   mustExist('image', q.image);
   const base = loadGuestImage(dirname(q.kernel));
+  if (q.shared_fs === 'virtio-9p' && !guestHas9p(base)) {
+    throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] shared_fs = "virtio-9p": the guest image ${dirname(q.kernel)} has no 9p modules (build it with GUEST_KERNEL_FLAVOR=generic)`);
+  }
   const image: GuestImage = {
     ...base,
     ...(q.machine_type === 'microvm' ? { vmlinux: q.kernel } : { bzImage: q.kernel }),
@@ -140,6 +154,8 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
       readyTimeoutMs: cfg.agent.kata.dial_timeout * 1000,
       ...(q.path !== DEFAULT_QEMU ? { qemuBinary: q.path } : {}),
       ...(q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD ? { virtiofsdBinary: q.virtio_fs_daemon } : {}),
+      sharedFs: q.shared_fs === 'virtio-9p' ? 'virtio-9p' : 'virtio-fs',
+      ...(q.shared_fs === 'virtio-9p' ? { msize9p: q.msize_9p } : {}),
     },
     network: cfg.runtime.internetworking_model === 'tcfilter',
     consoleToLog: q.enable_debug,
@@ -147,10 +163,14 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
 }
 
 export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConfig): SandboxFactory {
+  // [factory] enable_template: the pod's VM is a clone of a template (made on first use) when it can be.
+  const templates = config.cfg?.factory.enable_template
+    ? new TemplateFactory({ root: config.cfg.factory.template_path, logger, buildTimeoutMs: config.cfg.agent.kata.dial_timeout * 1000 })
+    : undefined;
   // Where the shim came from (containerd's cgroup), for sandbox_cgroup_only: read once, before any pod
   // cgroup is joined, so a pod cgroup is always left for it.
   const originCgroup = config.cfg?.runtime.sandbox_cgroup_only ? readFileSync('/proc/self/cgroup', 'utf8') : '';
-  return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, signal }) => {
+  return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, hostname, signal }) => {
     const cfg = config.cfg;
     if (!cfg) throw config.err;
     // io.katacontainers.config.hypervisor.* of the pod: only keys in enable_annotations, paths only from valid_*_paths.
@@ -176,6 +196,8 @@ export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConf
       }
       s = await SandboxVm.start({
         sandboxId: podId, dir, image, logger, ...settings.vm,
+        ...(hostname !== undefined ? { hostname } : {}),
+        ...(templates ? { vmSource: (boot) => templates.provider(boot, (o) => logger.info({ origin: o }, o.kind === 'clone' ? 'pod VM cloned from a template' : 'pod VM booted cold')) } : {}),
         ...(settings.consoleToLog ? { onConsoleLine: consoleLogger(logger) } : {}),
         ...(signal ? { signal } : {}),
         ...(netnsPath && tap && net ? { netns: netnsPath, network: { tapName: tap.tap, mac: net.iface.mac, mtu: net.iface.mtu } } : {}),

@@ -27,7 +27,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { defaultConfigText } from './guest.js';
+import { defaultConfigText, templateConfigEdit, templatesOn } from './guest.js';
 
 // ---------------------------------------------------------------------------
 // public types
@@ -511,8 +511,10 @@ class Instance implements Containerd {
     if ((opts.kataConfig ?? 'hermetic') === 'hermetic' && !opts.env?.KATA_CONF_FILE) {
       env.KATA_CONF_FILE = join(l.dir, 'configuration.toml');
       const base = defaultConfigText();
-      const text = opts.kataConfigEdit ? opts.kataConfigEdit(base) : base;
-      if (opts.kataConfigEdit && text === base) throw new Error('harness: kataConfigEdit changed nothing');
+      const edited = opts.kataConfigEdit ? opts.kataConfigEdit(base) : base;
+      if (opts.kataConfigEdit && edited === base) throw new Error('harness: kataConfigEdit changed nothing');
+      // KATA_TS_TEST_TEMPLATES=1: this suite runs with VM templates on, under the temp dir.
+      const text = templatesOn() ? templateConfigEdit(join(l.dir, 'templates'))(edited) : edited;
       writeFileSync(env.KATA_CONF_FILE, text);
     }
     this.kataRunRoot = env.KATA_TS_RUN_ROOT!;

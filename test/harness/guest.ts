@@ -35,3 +35,24 @@ export function guestImage(): GuestImage {
   }
   return loadGuestImage(GUEST_DIR);
 }
+
+/**
+ * True when this test process runs the e2e suites with VM templates on
+ * (KATA_TS_TEST_TEMPLATES=1, set by the *-templates.test.ts wrappers): every
+ * hermetic containerd's configuration then has templateConfigEdit applied.
+ */
+export function templatesOn(): boolean {
+  return process.env.KATA_TS_TEST_TEMPLATES === '1';
+}
+
+/** A configuration text with VM templates on: virtio-9p, enable_template, template_path = `dir`. */
+export function templateConfigEdit(dir: string): (text: string) => string {
+  return (text) => {
+    const out = text
+      .replace(/^shared_fs = "virtio-fs"$/m, 'shared_fs = "virtio-9p"')
+      .replace(/^enable_template = false$/m, 'enable_template = true')
+      .replace(/^template_path = ".*"$/m, `template_path = "${dir}"`);
+    assert.match(out, /^enable_template = true$/m, 'template config edit');
+    return out;
+  };
+}

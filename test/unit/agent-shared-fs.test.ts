@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { Code, InternalError, StatusError } from '../../src/errors/index.js';
 import { silentLogger } from '../../src/log/index.js';
-import { checkSharedFs, mountAt, SharedFs, type CommandRunner } from '../../src/agent/shared-fs.js';
+import { checkSharedFs, mountArgs, mountAt, SharedFs, type CommandRunner } from '../../src/agent/shared-fs.js';
 
 function code(fn: () => unknown): Code | undefined {
   try {
@@ -25,7 +25,14 @@ const line = (id: number, point: string, fstype: string, source: string) =>
 
 test('checkSharedFs: both or neither, tag and path rules', () => {
   assert.equal(checkSharedFs('', ''), undefined);
-  assert.deepEqual(checkSharedFs('kataShared', '/run/shared'), { tag: 'kataShared', mountPoint: '/run/shared' });
+  assert.deepEqual(checkSharedFs('kataShared', '/run/shared'), { tag: 'kataShared', mountPoint: '/run/shared', fstype: 'virtiofs' });
+  assert.deepEqual(checkSharedFs('kataShared', '/run/shared', '9p', 65536), { tag: 'kataShared', mountPoint: '/run/shared', fstype: '9p', msize: 65536 });
+  assert.throws(() => checkSharedFs('kataShared', '/run/shared', 'nfs'), /shared_fs_type: "nfs" must be "virtiofs" or "9p"/);
+  assert.throws(() => checkSharedFs('kataShared', '/run/shared', 'virtiofs', 65536), /msize_9p: 65536 .* only with shared_fs_type "9p"/);
+  assert.throws(() => checkSharedFs('kataShared', '/run/shared', '9p', 100), /msize_9p: 100 must be 4096-4194304/);
+  assert.throws(() => checkSharedFs('', '', '9p'), /shared_fs_type: given without shared_fs_tag/);
+  assert.deepEqual(mountArgs({ tag: 't', mountPoint: '/m', fstype: '9p' }), ['-t', '9p', '-o', 'trans=virtio,version=9p2000.L,cache=mmap,msize=524288', 't', '/m']);
+  assert.deepEqual(mountArgs({ tag: 't', mountPoint: '/m' }), ['-t', 'virtiofs', 't', '/m']);
   for (const [tag, mp] of [
     ['kataShared', ''], ['', '/run/x'], ['a b', '/run/x'], ['x'.repeat(37), '/run/x'], ['t', 'run/x'], ['t', '/'],
     ['t', '/run/../etc'], ['t', '/run/x/'], ['t', '/run/a b'],

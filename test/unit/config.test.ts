@@ -253,7 +253,7 @@ test('the shim maps the config to the pod VM (podVmSettings)', () => {
   const s = podVmSettings(d);
   assert.equal(s.image.dir, guest);
   assert.equal(s.image.vmlinux, join(guest, 'vmlinux'));
-  assert.deepEqual(s.vm, { resources: { vcpus: 1, memoryMiB: 256 }, machine: 'microvm', accel: 'auto', kernelParams: [], readyTimeoutMs: 90_000 });
+  assert.deepEqual(s.vm, { resources: { vcpus: 1, memoryMiB: 256 }, machine: 'microvm', accel: 'auto', kernelParams: [], readyTimeoutMs: 90_000, sharedFs: 'virtio-fs' });
   assert.equal(s.network, true);
   // An operator file: its paths, vCPUs, memory, accel, params, network model.
   const c = applyAnnotations(parseConfig(`[hypervisor.qemu]
@@ -269,7 +269,7 @@ dial_timeout = 30
 internetworking_model = "none"
 `, '/etc/kata-containers/configuration.toml', 'etc'), { [A('default_memory')]: '512' });
   const o = podVmSettings(c);
-  assert.deepEqual(o.vm, { resources: { vcpus: 1, memoryMiB: 512 }, machine: 'microvm', accel: 'tcg', kernelParams: ['guest.debug'], readyTimeoutMs: 30_000 });
+  assert.deepEqual(o.vm, { resources: { vcpus: 1, memoryMiB: 512 }, machine: 'microvm', accel: 'tcg', kernelParams: ['guest.debug'], readyTimeoutMs: 30_000, sharedFs: 'virtio-fs' });
   assert.equal(o.image.vmlinux, join(guest, 'vmlinux'));
   assert.equal(o.image.rootfs, join(guest, 'rootfs.img'));
   assert.equal(o.image.bareInitrd, join(guest, 'bare-initrd.img'));
@@ -283,7 +283,12 @@ internetworking_model = "none"
       return true;
     });
   };
-  unsupported('shared_fs = "virtio-9p"\n', /\/e\/c\.toml: \[hypervisor\.qemu\] shared_fs = "virtio-9p" is not supported yet \(supported: virtio-fs\)/);
+  unsupported('shared_fs = "none"\n', /\/e\/c\.toml: \[hypervisor\.qemu\] shared_fs = "none" is not supported yet \(supported: virtio-fs, virtio-9p\)/);
+  // virtio-9p (VM templates): no virtiofsd needed, the msize reaches the agent.
+  const p9 = podVmSettings(parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\n`
+    + 'shared_fs = "virtio-9p"\nmsize_9p = 65536\nvirtio_fs_daemon = "/opt/none"\nvalid_virtio_fs_daemon_paths = ["/opt/none"]\n', '/e/c.toml', 'etc'));
+  assert.equal(p9.vm.sharedFs, 'virtio-9p');
+  assert.equal(p9.vm.msize9p, 65536);
   unsupported('virtio_fs_cache = "always"\n', /virtio_fs_cache/);
   unsupported('path = "/opt/qemu"\n', /\/e\/c\.toml: \[hypervisor\.qemu\] path = "\/opt\/qemu": no such file/);
   unsupported('virtio_fs_daemon = "/opt/vfsd"\nvalid_virtio_fs_daemon_paths = ["/opt/vfsd"]\n', /virtio_fs_daemon = "\/opt\/vfsd": no such file/);
@@ -299,4 +304,16 @@ internetworking_model = "none"
   // Another QEMU that exists is used, for the VM and for the KVM probe.
   const other = parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\npath = "/bin/true"\n`, '/e/c.toml', 'etc');
   assert.equal(podVmSettings(other).vm.qemuBinary, '/bin/true');
+});
+
+test('[factory] enable_template follows Kata: virtio-9p and microvm, or the key is named', () => {
+  const base = '[hypervisor.qemu]\nkernel = "/k"\ninitrd = "/i"\nimage = "/r"\n';
+  assert.throws(() => parseConfig(`${base}[factory]\nenable_template = true\n`, '/e/c.toml', 'etc'),
+    /\/e\/c\.toml: \[factory\] enable_template = true needs \[hypervisor\.qemu\] shared_fs = "virtio-9p" \(got "virtio-fs"/);
+  assert.throws(() => parseConfig(`${base}shared_fs = "virtio-9p"\nmachine_type = "q35"\n[factory]\nenable_template = true\n`, '/e/c.toml', 'etc'),
+    /enable_template = true needs \[hypervisor\.qemu\] machine_type = "microvm" \(got "q35"\)/);
+  const ok = parseConfig(`${base}shared_fs = "virtio-9p"\n[factory]\nenable_template = true\ntemplate_path = "/var/tpl"\n`, '/e/c.toml', 'etc');
+  assert.equal(ok.factory.enable_template, true);
+  assert.equal(ok.factory.template_path, '/var/tpl');
+  assert.throws(() => parseConfig(`${base}msize_9p = 100\n`, '/e/c.toml', 'etc'), /msize_9p/);
 });
