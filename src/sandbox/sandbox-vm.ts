@@ -194,7 +194,7 @@ export class SandboxVm {
   /** Guest path where the agent mounted it. */
   readonly guestSharedDir = GUEST_SHARED_DIR;
   /** ms from start() to the agent answering Check, and to CreateSandbox done. */
-  readonly timings = { readyMs: 0, sandboxMs: 0, identityMs: 0 };
+  readonly timings = { readyMs: 0, sandboxMs: 0 };
 
   private vmValue: Vm | undefined;
   private agentValue: AgentClient | undefined;
@@ -339,14 +339,14 @@ export class SandboxVm {
     this.push('agent connection', () => agent.close());
     this.timings.readyMs = Date.now() - t0;
 
-    if (vm.restoredFrom !== undefined) {
-      // A clone resumes as the template was: same CRNG state, same clock. Its own, before anything runs.
-      const call = { ...(o.signal ? { signal: o.signal } : {}), timeoutMs: 10_000 };
-      await agent.reseedRandomDev(randomBytes(64), call);
-      await agent.setGuestDateTime(new Date(), call);
-      this.timings.identityMs = Date.now() - t0 - this.timings.readyMs;
-    }
-    await agent.createSandbox({
+    // A clone resumes as the template was: the same CRNG state and clock. It gets its own
+    // before any container runs; the three calls go together (each is a process start in the guest).
+    const call = { ...(o.signal ? { signal: o.signal } : {}), timeoutMs: 10_000 };
+    const identity = vm.restoredFrom === undefined ? [] : [
+      agent.reseedRandomDev(randomBytes(64), call),
+      agent.setGuestDateTime(new Date(), call),
+    ];
+    const created = agent.createSandbox({
       sandboxId: o.sandboxId,
       sharedFs: {
         tag: SHARED_FS_TAG,
@@ -362,6 +362,9 @@ export class SandboxVm {
       // The agent gives each modprobe up to 15 s and the share's mount as much: room for all of them.
       timeoutMs: CREATE_SANDBOX_TIMEOUT_MS + 15_000 * (o.kernelModules?.length ?? 0),
     });
+    const results = await Promise.allSettled([created, ...identity]);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     this.push('agent sandbox', async () => {
       // Kills the containers and unmounts the share in the guest; skipped when
       // the VM or the connection is already gone (the VM's stop ends them anyway).

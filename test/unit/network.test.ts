@@ -562,3 +562,80 @@ test('agent: UpdateRoutes replaces, then deletes what an earlier call added and 
     g.cleanup();
   }
 });
+
+/**
+ * A guest restored from a VM template: its NIC is a device-backed eth0 with
+ * the template's MAC (02:00:00:00:7e:01), not the pod's; `veth0` is a virtual
+ * link (no `device` in sysfs). `ip` updates the fake sysfs as it goes.
+ */
+function fakeClone() {
+  const sys = mkdtempSync(join(tmpdir(), 'sysnet-clone-'));
+  const nic = (name: string, mac: string, flags: string, device: boolean) => {
+    mkdirSync(join(sys, name), { recursive: true });
+    if (device) mkdirSync(join(sys, name, 'device'));
+    writeFileSync(join(sys, name, 'address'), `${mac}\n`);
+    writeFileSync(join(sys, name, 'mtu'), '1500\n');
+    writeFileSync(join(sys, name, 'flags'), `${flags}\n`);
+  };
+  nic('lo', '00:00:00:00:00:00', '0x9', false);
+  nic('eth0', '02:00:00:00:7e:01', '0x1003', true);
+  nic('veth0', '02:00:00:00:7e:02', '0x1002', false);
+  const addrs: Record<string, string[]> = {};
+  const calls: string[] = [];
+  const run: NetCommandRunner = async (cmd, args) => {
+    assert.equal(cmd, 'ip');
+    const line = args.join(' ');
+    if (line.startsWith('-o addr show')) {
+      const out = Object.entries(addrs).flatMap(([n, list]) => list.map((a) => `3: ${n}    inet ${a} scope global ${n}\\  valid_lft forever`));
+      return { stdout: out.join('\n') + '\n', stderr: '' };
+    }
+    calls.push(line);
+    const mac = /^link set dev (\S+) address (\S+)$/.exec(line);
+    if (mac) writeFileSync(join(sys, mac[1]!, 'address'), `${mac[2]}\n`);
+    const mtu = /^link set dev (\S+) mtu (\d+)$/.exec(line);
+    if (mtu) writeFileSync(join(sys, mtu[1]!, 'mtu'), `${mtu[2]}\n`);
+    const up = /^link set dev (\S+) (up|down)$/.exec(line);
+    if (up) writeFileSync(join(sys, up[1]!, 'flags'), up[2] === 'up' ? '0x1003\n' : '0x1002\n');
+    const add = /^addr add (\S+) .*dev (\S+)$/.exec(line);
+    if (add) (addrs[add[2]!] ??= []).push(add[1]!);
+    return { stdout: '', stderr: '' };
+  };
+  const net = new Network({ logger: silentLogger(), run, sysClassNet: sys });
+  return { net, calls, sys, cleanup: () => rmSync(sys, { recursive: true, force: true }) };
+}
+
+test('agent: UpdateInterface on a clone: no NIC has the MAC, the device-backed NIC of that name gets it', async () => {
+  const g = fakeClone();
+  try {
+    const info = await g.net.updateInterface(checkInterface({ name: 'eth0', hwAddr: '7A:5C:BD:27:8A:6F', addresses: ['10.88.77.2/24'], mtu: 1450, up: true }));
+    assert.deepEqual(g.calls, [
+      'link set dev eth0 down',
+      'link set dev eth0 address 7a:5c:bd:27:8a:6f',
+      'link set dev eth0 mtu 1450',
+      'addr add 10.88.77.2/24 brd + dev eth0',
+      'link set dev eth0 up',
+    ]);
+    assert.deepEqual(info, { name: 'eth0', hwAddr: '7a:5c:bd:27:8a:6f', addresses: ['10.88.77.2/24'], mtu: 1450, up: true });
+    // Now found by its MAC: nothing left to do.
+    g.calls.length = 0;
+    await g.net.updateInterface(checkInterface({ name: 'eth0', hwAddr: '7a:5c:bd:27:8a:6f', addresses: ['10.88.77.2/24'], mtu: 1450, up: true }));
+    assert.deepEqual(g.calls, []);
+  } finally {
+    g.cleanup();
+  }
+});
+
+test('agent: UpdateInterface on a clone: neither the MAC nor a device-backed NIC of that name is NOT_FOUND naming both', async () => {
+  const g = fakeClone();
+  try {
+    const req = (name: string) => checkInterface({ name, hwAddr: '7a:5c:bd:27:8a:6f', addresses: [], mtu: 0, up: true });
+    await rejectsWith(g.net.updateInterface(req('pod0')), Code.NOT_FOUND, /^hw_addr: no interface has MAC 7a:5c:bd:27:8a:6f and no NIC is named pod0/);
+    // veth0 exists but is virtual (no device): not taken for the pod's NIC.
+    await rejectsWith(g.net.updateInterface(req('veth0')), Code.NOT_FOUND, /^hw_addr: no interface has MAC 7a:5c:bd:27:8a:6f and no NIC is named veth0/);
+    // No name asked for: only the MAC is named.
+    await rejectsWith(g.net.updateInterface(req('')), Code.NOT_FOUND, /^hw_addr: no interface has MAC 7a:5c:bd:27:8a:6f$/);
+    assert.deepEqual(g.calls, [], 'nothing changed');
+  } finally {
+    g.cleanup();
+  }
+});

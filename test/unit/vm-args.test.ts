@@ -161,6 +161,41 @@ const TABLE: Row[] = [
     cfg: { tscKhz: undefined },
     has: [['-append', 'console=ttyS0 panic=-1']],
   },
+  // VM templates: guest RAM in a file, virtio-9p, a NIC with no back-end.
+  {
+    name: 'template: RAM in a shared file (memory-backend-file, share=on)',
+    cfg: { memoryFile: { path: '/var/lib/kata-ts/templates/k/memory', share: true } },
+    has: [
+      ['-machine', 'microvm,x-option-roms=off,memory-backend=mem'],
+      ['-object', 'memory-backend-file,id=mem,size=256M,mem-path=/var/lib/kata-ts/templates/k/memory,share=on'],
+      ['-m', '256M'],
+    ],
+    lacks: ['-incoming'],
+  },
+  {
+    name: 'clone: RAM a private mapping of the template\'s file (share=off), q35',
+    cfg: { machine: 'q35', memoryMiB: 512, memoryFile: { path: '/t/k/memory', share: false } },
+    has: [['-machine', 'q35,memory-backend=mem'], ['-object', 'memory-backend-file,id=mem,size=512M,mem-path=/t/k/memory,share=off']],
+  },
+  {
+    name: 'virtio-9p shared dir on microvm',
+    cfg: { devices: [{ kind: 'shared-9p', path: '/run/kata-ts/s1/shared', tag: 'kataShared' }] },
+    has: [['-fsdev', 'local,id=fs9p,path=/run/kata-ts/s1/shared,security_model=none']],
+    lacks: ['-object'],
+    devices: ['virtio-9p-device,fsdev=fs9p,mount_tag=kataShared'],
+  },
+  {
+    name: 'virtio-9p on q35, own id, a comma in the path doubled',
+    cfg: { machine: 'q35', devices: [{ kind: 'shared-9p', path: '/run/a,b/shared', tag: 'tag.1:x-y_z', id: 'share9' }] },
+    has: [['-fsdev', 'local,id=share9,path=/run/a,,b/shared,security_model=none']],
+    devices: ['virtio-9p-pci,fsdev=share9,mount_tag=tag.1:x-y_z'],
+  },
+  {
+    name: 'NIC without a tap: a hubport netdev (a template\'s stand-in)',
+    cfg: { devices: [{ kind: 'tap-net', id: 'net0', mac: '02:00:00:00:7E:01' }] },
+    has: [['-netdev', 'hubport,id=net0,hubid=0']],
+    devices: ['virtio-net-device,netdev=net0,mac=02:00:00:00:7e:01'],
+  },
 ];
 
 for (const row of TABLE) {
@@ -210,6 +245,21 @@ const BAD: Bad[] = [
   { cfg: { devices: [ROOT, { kind: 'block', id: 'root', path: '/b.img' }] }, field: 'devices[1].id' },
   { cfg: { devices: [{ kind: 'tap-net', id: 'n', ifname: 'a-very-long-interface' }] }, field: 'devices[0].ifname' },
   { cfg: { devices: [{ kind: 'tap-net', id: 'n', ifname: 'tap0', mac: 'zz' }] }, field: 'devices[0].mac' },
+  { cfg: { devices: [{ kind: 'tap-net', id: 'n', mac: 'zz' }] }, field: 'devices[0].mac' },
+  { cfg: { devices: [{ kind: 'tap-net', id: '1n' }] }, field: 'devices[0].id' },
+  { cfg: { memoryFile: { path: '/t/k/memory', share: false }, devices: [FS] }, field: 'memoryFile.share' },
+  { cfg: { memoryFile: { path: '/t/k/memory', share: 'no' } }, field: 'memoryFile.share' },
+  { cfg: { memoryFile: { path: '/t/a,b/memory', share: true } }, field: 'memoryFile.path' },
+  { cfg: { memoryFile: { path: '/t/a b/memory', share: true } }, field: 'memoryFile.path' },
+  { cfg: { memoryFile: { path: 'memory', share: true } }, field: 'memoryFile.path' },
+  { cfg: { incoming: 'defer' }, field: 'incoming' },
+  { cfg: { devices: [{ kind: 'shared-9p', path: '/s', tag: 'a b' }] }, field: 'devices[0].tag' },
+  { cfg: { devices: [{ kind: 'shared-9p', path: '/s', tag: 'a,b' }] }, field: 'devices[0].tag' },
+  { cfg: { devices: [{ kind: 'shared-9p', path: '/s', tag: 'x'.repeat(32) }] }, field: 'devices[0].tag' },
+  { cfg: { devices: [{ kind: 'shared-9p', path: '/s', tag: '' }] }, field: 'devices[0].tag' },
+  { cfg: { devices: [{ kind: 'shared-9p', path: 'rel/dir', tag: 't' }] }, field: 'devices[0].path' },
+  { cfg: { devices: [{ kind: 'shared-9p', path: '/s', tag: 't', id: 'a b' }] }, field: 'devices[0].id' },
+  { cfg: { devices: [{ kind: 'block', id: 'fs9p', path: '/a.img' }, { kind: 'shared-9p', path: '/s', tag: 't' }] }, field: 'devices[1].id' },
 ];
 
 for (const b of BAD) {
@@ -228,4 +278,26 @@ test('kernel cmdline and TSC parsing', () => {
   assert.equal(parseTscKhz('processor\t: 0\nmodel name\t: X\ncpu MHz\t\t: 1996.249\ncache size\t: 1 KB\n'), 1_996_249);
   assert.equal(parseTscKhz('cpu MHz\t\t: 2400\n'), 2_400_000);
   assert.equal(parseTscKhz('processor: 0\n'), undefined);
+});
+
+test('-incoming defer comes last, only when asked for; a shared file backend serves vhost-user too', () => {
+  const clone: QemuConfig = {
+    ...BASE,
+    memoryFile: { path: '/t/k/memory', share: false },
+    incoming: true,
+    devices: [AGENT_SERIAL, { kind: 'shared-9p', path: '/run/kata-ts/s1/shared', tag: 'kataShared' }, ROOT, { kind: 'tap-net', id: 'net0', ifname: 'tap0_kata' }],
+  };
+  const args = buildQemuArgs(clone);
+  assert.deepEqual(args.slice(-2), ['-incoming', 'defer']);
+  assert.equal(args.filter((a) => a === '-incoming').length, 1);
+  assert.equal(buildQemuArgs({ ...clone, incoming: false }).includes('-incoming'), false);
+  assert.equal(buildQemuArgs({ ...clone, incoming: undefined }).includes('-incoming'), false);
+  // Template and clone differ only in the RAM mapping, the tap behind the NIC and -incoming (same devices, same order).
+  const template = buildQemuArgs({ ...clone, incoming: undefined, memoryFile: { path: '/t/k/memory', share: true },
+    devices: clone.devices.map((d) => (d.kind === 'tap-net' ? { kind: 'tap-net', id: 'net0' } : d)) });
+  assert.deepEqual(values(template, '-device'), values(args, '-device'));
+  // virtio-fs with RAM in a shared file: that file is the one backend (no memfd besides).
+  const fs = buildQemuArgs({ ...BASE, memoryFile: { path: '/t/k/memory', share: true }, devices: [FS] });
+  assert.deepEqual(values(fs, '-object'), ['memory-backend-file,id=mem,size=256M,mem-path=/t/k/memory,share=on']);
+  assert.equal(values(fs, '-machine')[0], 'microvm,x-option-roms=off,memory-backend=mem');
 });
