@@ -70,7 +70,7 @@ export async function templateIdentity(spec: TemplateSpec): Promise<TemplateIden
 }
 
 /** Stable JSON: object keys sorted, so that the same identity always hashes the same. */
-function canonical(v: unknown): string {
+export function canonical(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
   if (v !== null && typeof v === 'object') {
     const o = v as Record<string, unknown>;

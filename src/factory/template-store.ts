@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { FailedPreconditionError, NotFoundError } from '../errors/index.js';
 import { identify, isAlive, type ProcessIdentity } from '../vm/proc.js';
 import { sleep } from '../vm/abort.js';
-import { fileIdentity, type FileIdentity, type TemplateIdentity } from './template-key.js';
+import { canonical, fileIdentity, type FileIdentity, type TemplateIdentity } from './template-key.js';
 
 export const TEMPLATE_META_VERSION = 1;
 export const TEMPLATE_FILES = { memory: 'memory', state: 'state', meta: 'meta.json' } as const;
@@ -55,8 +55,9 @@ export const failureFile = (root: string, key: string): string => join(root, `${
 
 const KEY_RE = /^[0-9a-f]{24}$/;
 
+/** Same identity, whatever the order of its keys (the key hashes the same canonical form). */
 function sameJson(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return canonical(a) === canonical(b);
 }
 
 function sameFile(a: FileIdentity, b: FileIdentity): boolean {
@@ -98,6 +99,7 @@ export async function readTemplate(root: string, key: string, identity?: Templat
     return bad(`${TEMPLATE_FILES.meta} is not JSON`);
   }
   if (meta?.version !== TEMPLATE_META_VERSION) bad(`${TEMPLATE_FILES.meta}: version ${JSON.stringify(meta?.version)}, want ${TEMPLATE_META_VERSION}`);
+  if (typeof meta.identity?.spec?.memoryMiB !== 'number' || typeof meta.memory?.ino !== 'string') bad(`${TEMPLATE_FILES.meta}: no identity or memory record`);
   if (meta.key !== key) bad(`made for key ${JSON.stringify(meta.key)}, not ${key} (a foreign template)`);
   if (identity && !sameJson(meta.identity, identity)) bad('made from other files or settings (a foreign template)');
   const memoryFile = join(dir, TEMPLATE_FILES.memory);

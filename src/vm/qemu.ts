@@ -552,6 +552,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       this.phaseValue = 'running';
       this.log.info({ pid: this.st.qemu!.pid, accel: this.st.accel, machine: this.st.machine, ms: Date.now() - t0 }, 'vm started');
     } catch (err) {
+      // QMP closing first usually means QEMU is exiting: give its exit a moment, so the error carries its log.
+      if (this.child && !this.exitValue) await settlesWithin(this.exitPromise, CHILD_EXIT_GRACE_MS);
       const failure = this.startError(err);
       this.log.error({ err: failure }, 'vm start failed');
       if (this.phaseValue === 'starting') this.phaseValue = 'stopping';

@@ -384,11 +384,9 @@ test('destroyTemplates: removes the store\'s names only; the root only when it i
 });
 
 // -----------------------------------------------------------------------------
-// Known gaps, kept as `todo` (reported, not fixed here: src/ is not ours to edit).
+// Once gaps (found by these tests, fixed in template-store.ts).
 
-test('readTemplate: the same identity with its spec keys in another order is not foreign (the key ignores the order)', {
-  todo: 'template-store.ts sameJson compares JSON.stringify (key order matters) while templateKey hashes canonical (sorted) JSON',
-}, async () => {
+test('readTemplate: the same identity with its spec keys in another order is not foreign (the key ignores the order)', async () => {
   const root = newRoot();
   const { key, identity } = await ready(root);
   const reordered: TemplateIdentity = { files: identity.files, spec: Object.fromEntries(Object.entries(identity.spec).reverse()) as unknown as TemplateSpec };
@@ -396,9 +394,7 @@ test('readTemplate: the same identity with its spec keys in another order is not
   assert.equal((await readTemplate(root, key, reordered)).key, key);
 });
 
-test('readTemplate: a meta.json without identity or memory record is FAILED_PRECONDITION, not a TypeError', {
-  todo: 'template-store.ts readTemplate dereferences meta.identity.spec and meta.memory unchecked (only without an identity asked for: factory status)',
-}, async () => {
+test('readTemplate: a meta.json without identity or memory record is FAILED_PRECONDITION, not a TypeError', async () => {
   for (const drop of ['identity', 'memory'] as const) {
     const root = newRoot();
     const { key, dir } = await ready(root);
