@@ -10,7 +10,8 @@
  * --pods N (20: the most pods up at once; template and runc memory at
  * 1, 10, 20 pods up to N, cold at 1 and 5 up to N, the parallel start of
  * min(10, N) pods), --parallel N (override of the parallel start's count),
- * --settle-ms N (5000: wait before reading memory), --json FILE.
+ * --settle-ms N (5000: wait before reading memory), --json FILE, --log FILE
+ * (a copy of containerd's log, the shims' lines in it, taken before it stops).
  * Needs root, containernetworking-plugins, the build (bin/containerd-shim-kata-v2)
  * and build/guest.
  *
@@ -47,8 +48,8 @@
  * clone is reported.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { closeSync, copyFileSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -57,7 +58,7 @@ import { DEFAULT_RESOURCES, loadGuestImage } from '../src/sandbox/index.js';
 import { BUSYBOX_IMAGE, busyboxImage, importImage, pauseImage, projectRoot } from '../test/harness/busybox.js';
 import { createTestNetwork } from '../test/harness/cni.js';
 import {
-  descendants, mountsUnder, pidAlive, pidsMentioning, procCmdline, startContainerd, waitFor, type Containerd, type CtrResult,
+  allPids, descendants, mentionsPath, mountsUnder, pidAlive, pidsMentioning, procCmdline, startContainerd, waitFor, type Containerd, type CtrResult,
 } from '../test/harness/containerd.js';
 import { tasks } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
@@ -79,6 +80,7 @@ interface Args {
   parallel: number;
   settleMs: number;
   json: string | undefined;
+  log: string | undefined;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -88,6 +90,7 @@ function parseArgs(argv: string[]): Args {
   let parallel: number | undefined;
   let settleMs = 5000;
   let json: string | undefined;
+  let log: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const val = (): string => {
@@ -107,9 +110,10 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--parallel') parallel = int(1);
     else if (k === '--settle-ms') settleMs = int(0);
     else if (k === '--json') json = val();
-    else throw new Error(`unknown option ${k} (--runs N, --cri-runs N, --pods N, --parallel N, --settle-ms N, --json FILE)`);
+    else if (k === '--log') log = val();
+    else throw new Error(`unknown option ${k} (--runs N, --cri-runs N, --pods N, --parallel N, --settle-ms N, --json FILE, --log FILE)`);
   }
-  return { runs, criRuns: criRuns ?? Math.min(5, runs), pods, parallel: parallel ?? Math.min(10, pods), settleMs, json };
+  return { runs, criRuns: criRuns ?? Math.min(5, runs), pods, parallel: parallel ?? Math.min(10, pods), settleMs, json, log };
 }
 
 /** The points of `want` up to `max`, and `max` itself when it is below the largest. */
@@ -196,6 +200,16 @@ function origins(text: string): Origins {
       return (m ? m[1]! : l).slice(0, 300);
     }),
   };
+}
+
+/** QEMUs on this machine that are not this bench's (other people's tests), and the 1-minute load average. */
+function foreignLoad(mine: string[]): { qemu: number; load1: number } {
+  let qemu = 0;
+  for (const pid of allPids()) {
+    const argv = procCmdline(pid);
+    if (/^qemu-system/.test(basename(argv[0] ?? '')) && !argv.some((x) => mine.some((d) => mentionsPath(x, d)))) qemu++;
+  }
+  return { qemu, load1: loadavg()[0]! };
 }
 
 /** The live shim (kata's serving shim or runc's) whose argv has `-id <id>`. */
@@ -348,7 +362,7 @@ async function main(): Promise<void> {
   const started = Date.now();
   const tplPoints = points([1, 10, 20], a.pods);
   const coldPoints = points([1, 5], a.pods);
-  const runcPoints = tplPoints;
+  const runcPoints = [...new Set([...tplPoints, ...coldPoints])].sort((x, y) => x - y);
 
   // The two configurations, and the template root, in a dir of the bench's.
   const benchDir = mkdtempSync(join(tmpdir(), 'bench-tpl-'));
@@ -361,8 +375,11 @@ async function main(): Promise<void> {
   const net = createTestNetwork('kata-btp');
   let c: Containerd | undefined;
   let cri: CriClient | undefined;
+  let stopSampler = () => {};
   const notes: string[] = [];
-  const phaseOrigins: Record<string, Origins & { templatePods: number }> = {};
+  const phaseOrigins: Record<string, Origins & { templatePods: number; foreignQemuMax: number; load1Max: number; seconds: number }> = {};
+  /** Samples of other people's load, every 5 s. */
+  const samples: Array<{ t: number; qemu: number; load1: number }> = [];
   try {
     c = await startContainerd({
       cri: { cniConfDir: net.confDir },
@@ -374,6 +391,9 @@ async function main(): Promise<void> {
       netns: net.ns,
     });
     const cd = c;
+    const sampler = setInterval(() => samples.push({ t: Date.now(), ...foreignLoad([cd.dir, benchDir]) }), 5000);
+    sampler.unref();
+    stopSampler = () => clearInterval(sampler);
     const k8s = { ctr: (args: string[], o?: { timeoutMs?: number }) => cd.ctr(args, { ...o, namespace: 'k8s.io' }) };
     await importImage(cd);
     await importImage(k8s, pauseImage());
@@ -388,13 +408,19 @@ async function main(): Promise<void> {
     /** Runs `fn` as a phase; its template pods are checked against the clones in the log. */
     const phase = async <T>(name: string, fn: (count: () => void) => Promise<T>): Promise<T> => {
       const mark = logSize(cd);
+      const t0 = Date.now();
+      samples.push({ t: t0, ...foreignLoad([cd.dir, benchDir]) });
       let templatePods = 0;
       try {
         return await fn(() => void templatePods++);
       } finally {
         const o = origins(logSince(cd, mark));
-        phaseOrigins[name] = { ...o, templatePods };
-        log(`${name}: ${templatePods} template pods, ${o.cloned} cloned, ${o.bootedCold} booted cold, ${o.notUsable} "template not usable", ${o.templatesMade} templates made`);
+        const during = samples.filter((x) => x.t >= t0);
+        const foreignQemuMax = Math.max(0, ...during.map((x) => x.qemu));
+        const load1Max = Math.max(0, ...during.map((x) => x.load1));
+        phaseOrigins[name] = { ...o, templatePods, foreignQemuMax, load1Max, seconds: (Date.now() - t0) / 1000 };
+        log(`${name}: ${templatePods} template pods, ${o.cloned} cloned, ${o.bootedCold} booted cold, ${o.notUsable} "template not usable", ${o.templatesMade} templates made; ` +
+          `other people's QEMUs up to ${foreignQemuMax}, load average up to ${load1Max.toFixed(2)}`);
         if (o.bootedCold || o.notUsable || o.cloned < templatePods) {
           notes.push(`${name}: ${templatePods} template pods started, ${o.cloned} cloned, ${o.bootedCold} booted cold${o.reasons.length ? `: ${[...new Set(o.reasons)].join(' | ')}` : ''}`);
         }
@@ -568,6 +594,10 @@ async function main(): Promise<void> {
     const shown = Object.entries(phaseOrigins).map(([k, o]) => `${k}: ${o.templatePods}/${o.cloned}`);
     lines.push('', `Template pods started / cloned (containerd log), per part: ${shown.join('; ')}.`);
     if (odd.length) lines.push('', 'Not cloned:', ...odd.map((n) => `- ${n}`));
+    const busy = Object.entries(phaseOrigins).filter(([, o]) => o.foreignQemuMax > 0);
+    lines.push('', busy.length
+      ? `Other QEMUs on the machine (not this bench's) during: ${busy.map(([k, o]) => `${k} (up to ${o.foreignQemuMax}, load ${o.load1Max.toFixed(1)})`).join('; ')}.`
+      : 'No other QEMU ran on the machine during the bench.');
 
     const json = {
       kernel: image.kernelRelease, resources: DEFAULT_RESOURCES, args: a, seconds: (Date.now() - started) / 1000,
@@ -577,12 +607,20 @@ async function main(): Promise<void> {
         criUp: Object.fromEntries(KINDS.map((k) => [k, median(criUp[k].map((u) => u.total))])),
       },
       memory: mem.map((p) => ({ ...p, pssPerPodBytes: avg(p, totalOf) })),
-      templateFiles: tplFiles, parallel: par, origins: phaseOrigins, notes,
+      templateFiles: tplFiles, parallel: par, origins: phaseOrigins, notes, foreignLoadSamples: samples,
     };
     if (a.json) writeFileSync(a.json, JSON.stringify(json, null, 2) + '\n');
     console.log(lines.join('\n'));
   } finally {
+    stopSampler();
     cri?.close();
+    if (a.log && c) {
+      try {
+        copyFileSync(c.logPath, a.log);
+      } catch (e) {
+        process.stderr.write(`bench/templates: copying containerd's log: ${String(e)}\n`);
+      }
+    }
     try {
       await c?.stop();
     } finally {

@@ -57,7 +57,7 @@ describe('faults and leaks (issue 8)', { timeout: 40 * 60_000 }, () => {
   let cfgDir: string;
   /** The project's default configuration with absolute guest paths, and `edit` applied. */
   const config = (name: string, edit: (text: string) => string): string => {
-    const base = defaultConfigText();
+    const base = defaultConfigText(join(cfgDir, 'templates'));
     const text = edit(base);
     assert.notEqual(text, base, `config ${name}: the edit changed nothing`);
     const path = join(cfgDir, `${name}.toml`);

@@ -15,10 +15,15 @@ export function guestKernelRelease(): string {
   return (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { kernel: { release: string } }).kernel.release;
 }
 
-/** The project's default configuration.toml with its guest paths made absolute (for a file of a test's own). */
-export function defaultConfigText(): string {
+/**
+ * The project's default configuration.toml with its guest paths made
+ * absolute (for a file of a test's own). With `templateDir` and
+ * KATA_TS_TEST_TEMPLATES=1, VM templates are on, under that dir.
+ */
+export function defaultConfigText(templateDir?: string): string {
   const template = join(projectRoot(), 'config', 'configuration.toml');
-  return renderDefaultConfig(readFileSync(template, 'utf8'), template);
+  const text = renderDefaultConfig(readFileSync(template, 'utf8'), template);
+  return templateDir !== undefined && templatesOn() ? templateConfigEdit(templateDir)(text) : text;
 }
 
 export function guestImage(): GuestImage {
