@@ -212,6 +212,21 @@ function foreignLoad(mine: string[]): { qemu: number; load1: number } {
   return { qemu, load1: loadavg()[0]! };
 }
 
+/** `ms` of the shim's JSON log lines with message `msg`, by the pod they name. */
+function shimLogMs(text: string, msg: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{') || !line.includes(`"msg":"${msg}"`)) continue;
+    try {
+      const o = JSON.parse(line) as { pod?: unknown; ms?: unknown; msg?: unknown };
+      if (o.msg === msg && typeof o.pod === 'string' && typeof o.ms === 'number') out.set(o.pod, o.ms);
+    } catch {
+      /* not a whole line */
+    }
+  }
+  return out;
+}
+
 /** The live shim (kata's serving shim or runc's) whose argv has `-id <id>`. */
 function shimOf(c: Containerd, id: string): number | undefined {
   return c.shimPids().find((p) => {
@@ -456,6 +471,7 @@ async function main(): Promise<void> {
     });
     // ---- 1. ctr run --rm … true
     const runMs: Record<Kind, number[]> = { runc: [], cold: [], template: [] };
+    const runLogMark = logSize(cd);
     await phase('1. ctr run --rm', async (tpl) => {
       for (let i = 1; i <= a.runs; i++) {
         const order = KINDS.map((_, j) => KINDS[(i + j) % KINDS.length]!);
@@ -466,6 +482,16 @@ async function main(): Promise<void> {
         log(`ctr run ${i}/${a.runs}: runc ${runMs.runc.at(-1)} ms, cold ${runMs.cold.at(-1)} ms, template ${runMs.template.at(-1)} ms`);
       }
     });
+
+    // The shim's own timings of those runs: its pod VM ready (SandboxVm.start → agent set up), the clone within it.
+    const runText = logSince(cd, runLogMark);
+    const vmReady = shimLogMs(runText, 'pod VM ready');
+    const cloneMs = shimLogMs(runText, 'VM cloned from a template');
+    const byKind = (m: Map<string, number>, k: Kind) => Array.from({ length: a.runs }, (_, i) => m.get(`run-${k}-${i + 1}`)).filter((v): v is number => v !== undefined);
+    const shimMs = {
+      vmReady: { runc: [] as number[], cold: byKind(vmReady, 'cold'), template: byKind(vmReady, 'template') },
+      clone: { runc: [] as number[], cold: [] as number[], template: byKind(cloneMs, 'template') },
+    };
 
     // ---- 2. CRI runp + create + start
     const handlerOf: Record<Kind, Handler> = { runc: 'runc', cold: 'kata', template: 'kata-tpl' };
@@ -559,6 +585,8 @@ async function main(): Promise<void> {
       '| metric (median, min–max) | runc | kata cold | kata template | cold/runc | template/runc | cold/template |',
       '| --- | --- | --- | --- | --- | --- | --- |',
       timeRow(`\`ctr run --rm … true\` (${a.runs} runs each)`, runMs),
+      timeRow('of which the pod VM ready (shim log: VM start → agent set up)', shimMs.vmReady),
+      timeRow('of which the clone (shim log: QEMU start + state load + agent answering)', shimMs.clone),
       timeRow(`CRI runp + create + start → running container (${a.criRuns} each)`, criCol('total')),
       timeRow('of which RunPodSandbox', criCol('runp')),
       timeRow('of which CreateContainer', criCol('create')),
@@ -601,7 +629,7 @@ async function main(): Promise<void> {
 
     const json = {
       kernel: image.kernelRelease, resources: DEFAULT_RESOURCES, args: a, seconds: (Date.now() - started) / 1000,
-      warmUpMs: warm, ctrRunMs: runMs, criUpMs: criUp, criDownMs: criDown,
+      warmUpMs: warm, ctrRunMs: runMs, shimLogMs: shimMs, criUpMs: criUp, criDownMs: criDown,
       medians: {
         ctrRun: Object.fromEntries(KINDS.map((k) => [k, median(runMs[k])])),
         criUp: Object.fromEntries(KINDS.map((k) => [k, median(criUp[k].map((u) => u.total))])),
