@@ -10,7 +10,7 @@ import { loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
 import { createLogger } from '../log/index.js';
 import { destroyTemplates, listTemplates, TemplateFactory, templateKey, type TemplateStatus } from '../factory/index.js';
-import { sandboxBootOptions } from '../sandbox/index.js';
+import { sandboxBootOptions, warmUpGuest } from '../sandbox/index.js';
 import { podVmSettings } from '../shim/pod-vm.js';
 import { DEFAULT_RESOURCES } from '../sandbox/index.js';
 
@@ -69,7 +69,7 @@ async function currentShapes(cfg: KataConfig, factory: TemplateFactory) {
 export async function factoryInit(configPath: string | undefined, print: (line: string) => void): Promise<void> {
   const cfg = enabledConfig(configPath);
   const logger = cliLogger();
-  const factory = new TemplateFactory({ root: cfg.factory.template_path, logger, buildTimeoutMs: cfg.agent.kata.dial_timeout * 1000 });
+  const factory = new TemplateFactory({ root: cfg.factory.template_path, logger, buildTimeoutMs: cfg.agent.kata.dial_timeout * 1000, warmUp: warmUpGuest });
   for (const s of await currentShapes(cfg, factory)) {
     const t0 = Date.now();
     const tpl = await factory.ensure(s.key, s.id, s.boot, s.req);

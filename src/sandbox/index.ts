@@ -1,2 +1,3 @@
 export * from './guest-image.js';
 export * from './sandbox-vm.js';
+export * from './warm-up.js';

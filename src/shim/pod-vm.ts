@@ -31,7 +31,7 @@ import type { Logger } from '../log/index.js';
 import {
   attachTap, DEFAULT_TAP_NAME, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState,
 } from '../network/index.js';
-import { loadGuestImage, SandboxVm, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
+import { loadGuestImage, SandboxVm, warmUpGuest, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
 import { TemplateFactory } from '../factory/index.js';
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
@@ -165,7 +165,7 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
 export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConfig): SandboxFactory {
   // [factory] enable_template: the pod's VM is a clone of a template (made on first use) when it can be.
   const templates = config.cfg?.factory.enable_template
-    ? new TemplateFactory({ root: config.cfg.factory.template_path, logger, buildTimeoutMs: config.cfg.agent.kata.dial_timeout * 1000 })
+    ? new TemplateFactory({ root: config.cfg.factory.template_path, logger, buildTimeoutMs: config.cfg.agent.kata.dial_timeout * 1000, warmUp: warmUpGuest })
     : undefined;
   // Where the shim came from (containerd's cgroup), for sandbox_cgroup_only: read once, before any pod
   // cgroup is joined, so a pod cgroup is always left for it.

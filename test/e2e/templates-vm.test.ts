@@ -25,7 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentClient } from '../../src/agent-client/index.js';
 import { destroyTemplates, listTemplates, TemplateFactory, type VmOrigin } from '../../src/factory/index.js';
 import { createLogger } from '../../src/log/index.js';
-import { podMachineId, SandboxVm, type SandboxVmOptions } from '../../src/sandbox/index.js';
+import { podMachineId, SandboxVm, warmUpGuest, type SandboxVmOptions } from '../../src/sandbox/index.js';
 import { mountsUnder } from '../../src/vm/index.js';
 import { readAll } from '../harness/agent.js';
 import { runtimeSpec, writeBusyboxRootfs } from '../harness/busybox.js';
@@ -72,7 +72,7 @@ test('VM templates: one build on first use, clones that are not twins, failures 
 
   const log = new LogLines();
   const logger = createLogger({ name: 'templates-vm-test', destination: log });
-  const factory = new TemplateFactory({ root: templates, logger });
+  const factory = new TemplateFactory({ root: templates, logger, warmUp: warmUpGuest });
   const origins = new Map<string, VmOrigin>();
 
   const start = (id: string, extra: Partial<SandboxVmOptions> = {}, f = factory): Promise<SandboxVm> =>
@@ -114,6 +114,8 @@ test('VM templates: one build on first use, clones that are not twins, failures 
       start(id, { hostname: `host-${id}`, network: { tapName: taps[i]!, mac: macs[i]! } })));
     assert.equal(log.count(/^making a VM template$/), 1, 'one build for two pods');
     assert.equal(log.count(/^VM template made$/), 1);
+    assert.equal(log.count(/warming the template up failed/), 0, 'the template was warmed up (a container ran in it) before it was saved');
+    assert.ok(Number(log.lines.find((l) => l['msg'] === 'VM template made')?.['warmUpMs']) > 0, 'warm-up time logged');
     for (const id of ['pod-a', 'pod-b']) assert.equal(origins.get(id)?.kind, 'clone', `${id}: ${JSON.stringify(origins.get(id))}`);
     const st = await listTemplates(templates);
     assert.equal(st.length, 1);
