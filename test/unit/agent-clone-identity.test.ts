@@ -8,6 +8,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { expectCode } from '../harness/status.js';
 import { Code, StatusError } from '../../src/errors/index.js';
 import { checkDateTime, checkMachineId, checkSeed, CloneIdentity } from '../../src/agent/clone-identity.js';
 
@@ -23,17 +24,7 @@ function invalidField(fn: () => unknown, field: string): void {
   });
 }
 
-async function rejectsWith(p: Promise<unknown>, code: Code, match: RegExp): Promise<StatusError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof StatusError, `not a StatusError: ${String(err)}`);
-    assert.equal(Code[err.code], Code[code], err.message);
-    assert.match(err.message, match);
-    return err;
-  }
-  assert.fail(`expected ${Code[code]}`);
-}
+const rejectsWith = expectCode;
 
 /** An executable shell script in the temp dir. */
 let n = 0;

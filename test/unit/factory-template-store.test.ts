@@ -9,7 +9,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { Code, StatusError } from '../../src/errors/index.js';
+import { expectCode } from '../harness/status.js';
+import { Code } from '../../src/errors/index.js';
 import { templateIdentity, templateKey, type TemplateIdentity, type TemplateSpec } from '../../src/factory/template-key.js';
 import {
   acquireBuildLock, buildingDir, commitTemplate, destroyTemplates, failureFile, listTemplates, lockDir, readTemplate, recordFailure,
@@ -65,17 +66,7 @@ async function ready(root: string, over: Partial<TemplateSpec> = {}): Promise<{ 
   return { key, identity, dir: templateDir(root, key) };
 }
 
-async function rejectsWith(p: Promise<unknown>, code: Code, match: RegExp): Promise<StatusError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof StatusError, `not a StatusError: ${String(err)}`);
-    assert.equal(Code[err.code], Code[code], err.message);
-    assert.match(err.message, match);
-    return err;
-  }
-  assert.fail(`expected ${Code[code]} matching ${match}`);
-}
+const rejectsWith = expectCode;
 
 /** Old kernels stamp files with a coarse (jiffy) clock: let it tick before a rewrite. */
 const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 25));
