@@ -42,6 +42,8 @@ export interface QemuConfig {
   kernel_params: string;
   default_vcpus: number;
   default_memory: number;
+  default_maxvcpus: number;
+  default_maxmemory: number;
   shared_fs: SharedFs;
   virtio_fs_daemon: string;
   virtio_fs_cache: VirtioFsCache;
@@ -121,6 +123,8 @@ const QEMU: Record<keyof QemuConfig, KeySpec> = {
   kernel_params: { kind: S, def: '' },
   default_vcpus: { kind: { t: 'int', min: 1, max: 64 }, def: 1 },
   default_memory: { kind: { t: 'int', min: 64, max: 65536 }, def: 256 },
+  default_maxvcpus: { kind: { t: 'int', min: 0, max: 255 }, def: 0 },
+  default_maxmemory: { kind: { t: 'int', min: 0, max: 1048576 }, def: 0 },
   shared_fs: { kind: { t: 'enum', values: ['virtio-fs', 'virtio-9p', 'none'] }, def: 'virtio-fs' },
   virtio_fs_daemon: { kind: P, def: '/usr/lib/qemu/virtiofsd', validList: 'valid_virtio_fs_daemon_paths' },
   virtio_fs_cache: { kind: { t: 'enum', values: ['auto', 'always', 'none'] }, def: 'auto' },

@@ -22,6 +22,7 @@
  * pids are what Pids lists.
  */
 import { readFile, stat } from 'node:fs/promises';
+import { containerLimits, type ContainerLimits } from './limits.js';
 import { isAbsolute, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentClient } from '../agent-client/index.js';
@@ -97,6 +98,8 @@ export type SandboxFactory = (req: {
   cgroupsPath?: string;
   /** The first container's OCI hostname (CRI: the pod's): the guest's hostname. */
   hostname?: string;
+  /** The first container's resource limits (`ctr run`: the pod's only container; sizes the VM). */
+  limits?: ContainerLimits;
   signal?: AbortSignal;
 }) => Promise<PodSandbox>;
 
@@ -688,7 +691,9 @@ function sandboxSpecInfo(spec: unknown): SandboxSpecInfo {
   const annotations = specAnnotations(spec);
   const cg = (spec as { linux?: { cgroupsPath?: unknown } } | null)?.linux?.cgroupsPath;
   const hostname = (spec as { hostname?: unknown } | null)?.hostname;
+  const limits = containerLimits(spec);
   return {
+    ...(Object.keys(limits).length > 0 ? { limits } : {}),
     ...(typeof hostname === 'string' && /^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname) ? { hostname } : {}),
     ...(netnsPath ? { netnsPath } : {}),
     ...(annotations ? { annotations } : {}),

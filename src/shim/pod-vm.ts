@@ -23,6 +23,7 @@
  * Create with the validation error.
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { applyAnnotations, kernelModules, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
@@ -33,6 +34,7 @@ import {
 } from '../network/index.js';
 import { loadGuestImage, SandboxVm, warmUpGuest, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
 import { TemplateFactory } from '../factory/index.js';
+import { podResources } from './pod-sizing.js';
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
 export const NETWORK_STATE_FILE = 'network.json';
@@ -68,6 +70,11 @@ export async function cleanupNetworkState(dir: string, logger: Logger): Promise<
   } catch (err) {
     logger.error({ err, path }, 'removing the pod network left by a dead shim failed');
   }
+}
+
+/** The host's CPUs and memory (MiB): the bounds when default_maxvcpus / default_maxmemory are 0, as in Kata. */
+export function hostCapacity(): { cpus: number; memoryMiB: number } {
+  return { cpus: availableParallelism(), memoryMiB: Math.floor(totalmem() / (1024 * 1024)) };
 }
 
 /** Whether the image's manifest lists the 9p modules (Debian's generic kernel has them, the cloud one not). */
@@ -170,11 +177,15 @@ export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConf
   // Where the shim came from (containerd's cgroup), for sandbox_cgroup_only: read once, before any pod
   // cgroup is joined, so a pod cgroup is always left for it.
   const originCgroup = config.cfg?.runtime.sandbox_cgroup_only ? readFileSync('/proc/self/cgroup', 'utf8') : '';
-  return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, hostname, signal }) => {
+  return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, hostname, limits, signal }) => {
     const cfg = config.cfg;
     if (!cfg) throw config.err;
     // io.katacontainers.config.hypervisor.* of the pod: only keys in enable_annotations, paths only from valid_*_paths.
-    const settings = podVmSettings(applyAnnotations(cfg, annotations));
+    const podCfg = applyAnnotations(cfg, annotations);
+    const settings = podVmSettings(podCfg);
+    // Sized for its containers (Kata's static sizing): the defaults plus the first container's limits.
+    settings.vm.resources = podResources(podCfg.hypervisor.qemu, limits ? [limits] : [], hostCapacity(), podCfg.file);
+    if (limits) logger.info({ limits, resources: settings.vm.resources }, 'pod VM sized for its container');
     // [runtime] sandbox_cgroup_only: the shim joins the pod's cgroup first, so QEMU and virtiofsd are born in it.
     const cgroup = cfg.runtime.sandbox_cgroup_only ? await joinPodCgroup(dir, cgroupsPath, originCgroup, logger) : undefined;
     const image = settings.image;

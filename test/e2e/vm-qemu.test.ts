@@ -98,7 +98,7 @@ function lz4Block(src: Buffer, max: number): Buffer {
   return dst.subarray(0, op);
 }
 
-/** The uncompressed kernel inside a bzImage (LZ4 or gzip payload). */
+/** The uncompressed kernel inside a bzImage (LZ4, gzip or XZ payload: Debian's cloud and generic kernels). */
 function extractVmlinux(bzImage: Buffer): Buffer {
   const setupSects = bzImage[0x1f1] || 4;
   const payloadOffset = bzImage.readUInt32LE(0x248);
@@ -107,6 +107,12 @@ function extractVmlinux(bzImage: Buffer): Buffer {
   const payload = bzImage.subarray(start, start + payloadLength);
   if (payload.readUInt32LE(0) === 0x184c2102) return lz4LegacyDecode(payload);
   if (payload[0] === 0x1f && payload[1] === 0x8b) return gunzipSync(payload);
+  if (payload.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) {
+    // xz(1) (the guest build needs it too); `-q` and status 0 or 2 (warnings: the payload's trailing bytes).
+    const r = spawnSync('xz', ['-dcq'], { input: payload, maxBuffer: 512 * 1024 * 1024, timeout: 120_000 });
+    if (r.stdout?.length && r.stdout.subarray(0, 4).toString('hex') === '7f454c46') return r.stdout;
+    throw new Error(`xz could not decode the bzImage payload: ${r.stderr?.toString() ?? r.error?.message}`);
+  }
   throw new Error(`unsupported bzImage payload (magic ${payload.subarray(0, 4).toString('hex')})`);
 }
 

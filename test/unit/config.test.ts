@@ -139,7 +139,7 @@ test('validation: bad TOML, unknown table, unknown key', () => {
   bad(`${MIN}\n[agent.other]\n`, '[agent.other]', '[agent.kata]');
   bad(`${MIN}\n[netmon]\nenable = true\n`, '[netmon]', 'allowed tables');
   bad(`top = 1\n${MIN}`, 'unknown key top');
-  bad(`${MIN}default_maxvcpus = 4\n`, '[hypervisor.qemu] default_maxvcpus', 'allowed:', 'default_vcpus');
+  bad(`${MIN}default_maxfoo = 4\n`, '[hypervisor.qemu] default_maxfoo', 'allowed:', 'default_maxvcpus');
   bad(`${MIN}\n[runtime]\nenable_tracing = true\n`, '[runtime] enable_tracing', 'internetworking_model');
 });
 
