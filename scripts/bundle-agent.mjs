@@ -48,7 +48,7 @@ if (made.status !== 0) {
 console.log(`bundle-agent: ${boot} + ${cjs} + code cache (${Math.round(statSync(`${cjs}.cache`).size / 1024)} KiB)`);
 
 if (!values['no-helper']) {
-  for (const [name, without] of [['tty-helper', 'terminal containers will be refused'], ['clone-helper', 'VM templates cannot reseed or set a clone\'s clock']]) {
+  for (const [name, without] of [['tty-helper', 'terminal containers will be refused'], ['sys-helper', 'VM templates cannot reseed or set a clone\'s clock']]) {
     const src = join(root, `src/agent/native/${name}.c`);
     const bin = join(outDir, name);
     const gcc = process.env.CC || 'gcc';

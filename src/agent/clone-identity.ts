@@ -2,7 +2,7 @@
  * What makes a VM restored from a template its own (docs/templates.md):
  * fresh entropy in the kernel's CRNG, the host's wall clock, its own
  * machine id. Node has no ioctl and no clock_settime, so the first two run
- * the small C helper `clone-helper` (src/agent/native/clone-helper.c) that
+ * the small C helper `sys-helper` (src/agent/native/sys-helper.c) that
  * ships next to the agent, each as a child with a timeout.
  */
 import { execFile } from 'node:child_process';
@@ -48,13 +48,13 @@ export class CloneIdentity {
 
   private run(args: string[], input?: Buffer): Promise<void> {
     const helper = this.helper;
-    if (!helper) return Promise.reject(new FailedPreconditionError('clone-helper is not in the guest image'));
+    if (!helper) return Promise.reject(new FailedPreconditionError('sys-helper is not in the guest image'));
     return new Promise((resolve, reject) => {
       const child = execFile(helper, args, { timeout: this.timeoutMs, killSignal: 'SIGKILL' }, (err, _out, stderr) => {
         if (!err) return resolve();
         const e = err as NodeJS.ErrnoException & { killed?: boolean };
-        if (e.killed) reject(new DeadlineExceededError(`clone-helper ${args[0]}: timed out after ${this.timeoutMs} ms`));
-        else reject(new InternalError(`clone-helper ${args[0]}: ${String(stderr).trim() || e.message}`, { cause: err }));
+        if (e.killed) reject(new DeadlineExceededError(`sys-helper ${args[0]}: timed out after ${this.timeoutMs} ms`));
+        else reject(new InternalError(`sys-helper ${args[0]}: ${String(stderr).trim() || e.message}`, { cause: err }));
       });
       child.stdin?.on('error', () => {});
       child.stdin?.end(input);

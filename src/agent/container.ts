@@ -24,6 +24,11 @@ export interface ContainerEnv {
   runtime: OciRuntime;
   /** The tty-helper binary, when available. */
   ttyHelper: string | undefined;
+  /**
+   * Runs before the OCI runtime (e.g. `sys-helper oom-exec 0 --`): the
+   * agent's oom_score_adj is -1000 and its containers must not inherit it.
+   */
+  launchPrefix?: readonly string[];
   /** Parent for cgroupsPath when the spec has none, e.g. /kata-agent. */
   cgroupParent: string;
   /** Where console sockets go (short: unix socket paths are limited to 107 bytes). */
@@ -124,6 +129,10 @@ export class Container {
     if (missing) throw new InvalidArgumentError(`spec_json.process.args[0]: ${missing}`);
     proc.terminal = opts.terminal;
     if (opts.terminal && opts.rows && opts.cols) proc.consoleSize = { height: opts.rows, width: opts.cols };
+    // The agent runs at oom_score_adj -1000 (never the OOM killer's choice); a container's processes
+    // must not inherit that: the spec's value, else 0 as under runc on a host (the runtime itself is
+    // started at 0 through launchPrefix, since crun 1.8.1 writes only a non-zero value).
+    if (typeof proc.oomScoreAdj !== 'number') proc.oomScoreAdj = 0;
     const linux = isObject(spec.linux) ? spec.linux : {};
     if (typeof linux.cgroupsPath !== 'string' || linux.cgroupsPath === '') {
       linux.cgroupsPath = `${env.cgroupParent.replace(/\/+$/, '')}/${opts.id}`;
@@ -166,6 +175,8 @@ export class Container {
         logFile,
         consoleSocket: join(this.env.socketDir, this.env.nextSocketName()),
         ttyHelper: this.env.ttyHelper,
+      ...(this.env.launchPrefix ? { launchPrefix: this.env.launchPrefix } : {}),
+        ...(this.env.launchPrefix ? { launchPrefix: this.env.launchPrefix } : {}),
       });
       await this.attachCgroup(pid);
       return pid;
@@ -192,6 +203,8 @@ export class Container {
     const logFile = `${base}.log`;
     const spec: JsonObject = { ...opts.process, terminal: opts.terminal };
     if (opts.terminal && opts.rows && opts.cols) spec.consoleSize = { height: opts.rows, width: opts.cols };
+    // Not the agent's -1000 (see create()): the process's own value, else 0 (launchPrefix gives the runtime 0).
+    if (typeof spec.oomScoreAdj !== 'number') spec.oomScoreAdj = 0;
     await writeFile(processFile, JSON.stringify(spec));
     return proc.start({
       runtimePath: this.env.runtime.path,
@@ -200,6 +213,7 @@ export class Container {
       logFile,
       consoleSocket: join(this.env.socketDir, this.env.nextSocketName()),
       ttyHelper: this.env.ttyHelper,
+      ...(this.env.launchPrefix ? { launchPrefix: this.env.launchPrefix } : {}),
     });
   }
 

@@ -9,7 +9,7 @@
  * serial read loop holds one pool thread for good, and libuv sizes the pool
  * once, when it is first used (before this code runs).
  */
-import { access, mkdir, readFile } from 'node:fs/promises';
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,11 +59,26 @@ async function main(): Promise<void> {
     logger.warn('UV_THREADPOOL_SIZE is not set: the serial port read loop holds one of the 4 default pool threads');
   }
   await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
+
   const runtimeRoot = join(opts.stateDir, 'crun');
   await mkdir(runtimeRoot, { recursive: true, mode: 0o700 });
   const noPivot = await decideNoPivot(opts.noPivot);
   const runtime = new OciRuntime({ path: opts.runtime, root: runtimeRoot, noPivot, logger: logger.child({ module: 'runtime' }) });
+  // Never the guest OOM killer's choice: a container that runs out of memory is what must die, not
+  // the agent (which would take the pod). The runtime is started through `sys-helper oom-exec 0`, so
+  // that containers start from 0 (or their spec's value) instead of inheriting -1000.
+  const sysHelper = await findHelper('sys-helper', undefined, logger, 'no OOM protection of the agent; a VM restored from a template cannot be reseeded or have its clock set');
+  let launchPrefix: string[] | undefined;
+  if (sysHelper) {
+    try {
+      await writeFile('/proc/self/oom_score_adj', '-1000');
+      launchPrefix = [sysHelper, 'oom-exec', '0', '--'];
+    } catch (err) {
+      logger.warn({ err }, 'cannot protect the agent from the OOM killer');
+    }
+  }
   const sandbox = new Sandbox({
+    ...(launchPrefix ? { launchPrefix } : {}),
     runtime,
     stateDir: opts.stateDir,
     ttyHelper: await findHelper('tty-helper', opts.ttyHelper, logger, 'terminal containers will be refused'),
@@ -73,7 +88,7 @@ async function main(): Promise<void> {
   await sandbox.init();
 
   const server = new TtrpcServer({ logger: logger.child({ module: 'ttrpc' }), drainTimeoutMs: 1_000 });
-  const identity = new CloneIdentity(await findHelper('clone-helper', undefined, logger, 'a VM restored from a template cannot be reseeded or have its clock set'));
+  const identity = new CloneIdentity(sysHelper);
   server.register(AGENT_SERVICE, agentServiceHandlers({ sandbox, runtime, logger, identity }));
   const transport = await startTransport(opts.transport, (conn) => server.serve(conn), logger.child({ module: 'transport' }));
   logger.info({ version: AGENT_VERSION, runtime: opts.runtime, stateDir: opts.stateDir, noPivot, pid: process.pid }, 'agent ready');

@@ -45,6 +45,8 @@ export interface LaunchSpec {
   consoleSocket: string;
   /** The tty-helper binary (terminal only). */
   ttyHelper?: string;
+  /** A command the launch goes through first (ContainerEnv.launchPrefix). */
+  launchPrefix?: readonly string[];
 }
 
 export interface ProcessOptions {
@@ -144,6 +146,10 @@ export class ContainerProcess {
         ...(this.hasStdin ? [] : ['--no-stdin']),
         '--', spec.runtimePath, ...spec.runtimeArgv(spec.consoleSocket),
       ];
+    }
+    if (spec.launchPrefix && spec.launchPrefix.length > 0) {
+      args = [...spec.launchPrefix.slice(1), command, ...args];
+      command = spec.launchPrefix[0]!;
     }
     this.logger.debug({ command, args }, 'spawning process');
     const child = spawn(command, args, {

@@ -22,6 +22,8 @@ export interface SandboxOptions {
   /** Root of the agent's own files: bundles, console sockets. */
   stateDir: string;
   ttyHelper: string | undefined;
+  /** ContainerEnv.launchPrefix. */
+  launchPrefix?: readonly string[];
   cgroupParent: string;
   logger: Logger;
   /** The shared-dir mounter (default: a real one, mount/umount from PATH). */
@@ -73,6 +75,7 @@ export class Sandbox {
     this.env = {
       runtime: opts.runtime,
       ttyHelper: opts.ttyHelper,
+      ...(opts.launchPrefix ? { launchPrefix: opts.launchPrefix } : {}),
       cgroupParent: opts.cgroupParent,
       socketDir: join(opts.stateDir, 'tty'),
       nextSocketName: () => `${++this.socketCounter}.sock`,

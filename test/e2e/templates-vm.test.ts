@@ -90,11 +90,12 @@ test('VM templates: one build on first use, clones that are not twins, failures 
   };
 
   /** Runs `args` in a container that shares the guest's UTS and network namespaces and sees its machine id. */
-  const inGuest = async (s: SandboxVm, id: string, args: string[]): Promise<string> => {
+  const inGuest = async (s: SandboxVm, id: string, args: string[], shareGuestPids = false): Promise<string> => {
     const c: AgentClient = s.agent;
     await writeBusyboxRootfs(s.rootfsHostPath(id));
     const spec = runtimeSpec({ args });
-    spec.linux!.namespaces = spec.linux!.namespaces!.filter((n: { type: string }) => n.type !== 'uts' && n.type !== 'network');
+    spec.linux!.namespaces = spec.linux!.namespaces!.filter((n: { type: string }) =>
+      n.type !== 'uts' && n.type !== 'network' && !(shareGuestPids && n.type === 'pid'));
     delete spec.hostname; // the guest's own: no UTS namespace of the container's
     spec.mounts!.push({ destination: '/guest-machine-id', type: 'bind', source: '/etc/machine-id', options: ['rbind', 'ro'] });
     await c.createContainer({ containerId: id, spec, rootfsPath: s.rootfsGuestPath(id) });
@@ -162,6 +163,11 @@ test('VM templates: one build on first use, clones that are not twins, failures 
     }
     assert.notEqual(seen[0]!.random, seen[1]!.random, 'the two clones read different bytes from /dev/urandom');
     assert.notEqual(seen[0]!.machineId, seen[1]!.machineId);
+    // The agent is never the guest OOM killer's choice; this container's own processes are at 0.
+    const adj = (await inGuest(pods[0]!, 'probe-oom', ['sh', '-c',
+      'for p in /proc/[0-9]*; do if tr "\\0" " " < $p/cmdline 2>/dev/null | grep -q "node .*/agent/"; then echo "agent $(cat $p/oom_score_adj)"; fi; done; echo "self $(cat /proc/self/oom_score_adj)"'], true)).trim();
+    assert.match(adj, /^agent -1000$/m, adj);
+    assert.match(adj, /^self 0$/m, adj);
   });
 
   await t.test('a state file that is not the template\'s: the pod boots cold, the cause is named and recorded', async () => {

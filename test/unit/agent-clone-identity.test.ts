@@ -69,8 +69,8 @@ test('checkMachineId: 32 lowercase hex digits', () => {
 
 test('no helper in the image: FAILED_PRECONDITION, for both reseed and settime', async () => {
   const ci = new CloneIdentity(undefined);
-  await rejectsWith(ci.reseed(new Uint8Array(32)), Code.FAILED_PRECONDITION, /clone-helper is not in the guest image/);
-  await rejectsWith(ci.setTime(1_700_000_000, 5), Code.FAILED_PRECONDITION, /clone-helper is not in the guest image/);
+  await rejectsWith(ci.reseed(new Uint8Array(32)), Code.FAILED_PRECONDITION, /sys-helper is not in the guest image/);
+  await rejectsWith(ci.setTime(1_700_000_000, 5), Code.FAILED_PRECONDITION, /sys-helper is not in the guest image/);
 });
 
 test('reseed: the helper runs with ["reseed"] and gets exactly the seed bytes on stdin', async () => {
@@ -101,19 +101,19 @@ test('bad input never runs the helper', async () => {
 
 test('a failing helper: INTERNAL carrying its stderr and the subcommand', async () => {
   const ci = new CloneIdentity(script(`cat > /dev/null\necho "RNDADDENTROPY: Operation not permitted" >&2\nexit 1`));
-  const err = await rejectsWith(ci.reseed(new Uint8Array(16)), Code.INTERNAL, /^clone-helper reseed: RNDADDENTROPY: Operation not permitted$/);
+  const err = await rejectsWith(ci.reseed(new Uint8Array(16)), Code.INTERNAL, /^sys-helper reseed: RNDADDENTROPY: Operation not permitted$/);
   assert.ok(err.cause instanceof Error, 'the exec error is the cause');
   const quiet = new CloneIdentity(script('exit 3'));
-  await rejectsWith(quiet.setTime(1, 2), Code.INTERNAL, /^clone-helper settime: .*(fail|code 3)/i);
+  await rejectsWith(quiet.setTime(1, 2), Code.INTERNAL, /^sys-helper settime: .*(fail|code 3)/i);
 });
 
 test('a helper that does not exist: INTERNAL naming the subcommand', async () => {
-  await rejectsWith(new CloneIdentity(join(dir, 'no-such-helper')).setTime(1, 2), Code.INTERNAL, /^clone-helper settime: .*ENOENT/);
+  await rejectsWith(new CloneIdentity(join(dir, 'no-such-helper')).setTime(1, 2), Code.INTERNAL, /^sys-helper settime: .*ENOENT/);
 });
 
 test('a hanging helper is killed after the timeout: DEADLINE_EXCEEDED', async () => {
   const ci = new CloneIdentity(script('exec sleep 30'), 200);
   const t0 = Date.now();
-  await rejectsWith(ci.setTime(1, 2), Code.DEADLINE_EXCEEDED, /^clone-helper settime: timed out after 200 ms$/);
+  await rejectsWith(ci.setTime(1, 2), Code.DEADLINE_EXCEEDED, /^sys-helper settime: timed out after 200 ms$/);
   assert.ok(Date.now() - t0 < 10_000);
 });

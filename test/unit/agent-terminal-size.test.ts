@@ -81,6 +81,8 @@ describe('agent terminal size', () => {
     const config = JSON.parse(readFileSync(join(dir, 'bundle', 'config.json'), 'utf8')) as { process: Record<string, unknown> };
     assert.equal(config.process.terminal, true);
     assert.deepEqual(config.process.consoleSize, { height: 33, width: 77 });
+    // The agent runs at oom_score_adj -1000: a container's processes get 0 (or their spec's own), never that.
+    assert.equal(config.process.oomScoreAdj, 0);
 
     const initPid = await container.start();
     assert.ok(initPid > 1);
@@ -93,6 +95,7 @@ describe('agent terminal size', () => {
     assert.equal(proc.terminal, true);
     assert.deepEqual(proc.consoleSize, { height: 40, width: 100 });
     assert.deepEqual(proc.args, ['stty', 'size']);
+    assert.equal(proc.oomScoreAdj, 0, 'an exec does not inherit the agent\'s -1000 either');
 
     const argv = readFileSync(`${helper}.argv`, 'utf8').trim().split('\n');
     assert.equal(argv.length, 2, argv.join('\n'));
@@ -100,8 +103,9 @@ describe('agent terminal size', () => {
     assert.match(argv[1]!, /^--socket \S+\/sockets\/s2 --rows 40 --cols 100 --no-stdin -- \S+\/crun .* exec --process \S+ .*--console-socket \S+\/sockets\/s2 c1$/);
 
     // No size given: neither consoleSize nor --rows/--cols (crun then leaves the pty as it is).
-    await container.exec({ execId: 'e2', terminal: true, stdin: false, process: { args: ['stty', 'size'], cwd: '/', env: ['PATH=/bin'] } });
+    await container.exec({ execId: 'e2', terminal: true, stdin: false, process: { args: ['stty', 'size'], cwd: '/', env: ['PATH=/bin'], oomScoreAdj: 500 } });
     assert.equal((await container.process('e2').exited).status, 0);
+    assert.equal((JSON.parse(readFileSync(`${runtimePath}.process.json`, 'utf8')) as { oomScoreAdj?: number }).oomScoreAdj, 500, 'a given value is kept');
     assert.equal('consoleSize' in (JSON.parse(readFileSync(`${runtimePath}.process.json`, 'utf8')) as object), false);
     assert.doesNotMatch(readFileSync(`${helper}.argv`, 'utf8').trim().split('\n')[2]!, /--rows|--cols/);
   });
