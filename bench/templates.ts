@@ -48,7 +48,7 @@
  * clone is reported.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -60,7 +60,7 @@ import { createTestNetwork } from '../test/harness/cni.js';
 import {
   allPids, descendants, mentionsPath, mountsUnder, pidAlive, pidsMentioning, procCmdline, startContainerd, waitFor, type Containerd, type CtrResult,
 } from '../test/harness/containerd.js';
-import { tasks } from '../test/harness/ctr.js';
+import { logSince, tasks } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
 
 const IMG = BUSYBOX_IMAGE;
@@ -152,23 +152,6 @@ function procKb(path: string, key: string): number | undefined {
 const pssOf = (pid: number) => procKb(`/proc/${pid}/smaps_rollup`, 'Pss');
 const rssOf = (pid: number) => procKb(`/proc/${pid}/status`, 'VmRSS');
 
-/** Bytes of containerd's log from `from` to its end. */
-function logSince(c: Containerd, from: number): string {
-  const fd = openSync(c.logPath, 'r');
-  try {
-    const end = statSync(c.logPath).size;
-    const buf = Buffer.alloc(Math.max(0, end - from));
-    let off = 0;
-    while (off < buf.length) {
-      const n = readSync(fd, buf, off, buf.length - off, from + off);
-      if (n === 0) break;
-      off += n;
-    }
-    return buf.subarray(0, off).toString('utf8');
-  } finally {
-    closeSync(fd);
-  }
-}
 const logSize = (c: Containerd): number => {
   try {
     return statSync(c.logPath).size;

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { busyboxImage, importImage, projectRoot } from '../harness/busybox.js';
 import { startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
-import { bundleDir, logMark, qemuPids, virtiofsdPids } from '../harness/ctr.js';
+import { bundleDir, logMark, logSince, qemuPids, virtiofsdPids } from '../harness/ctr.js';
 import { defaultConfigText, templatesOn } from '../harness/guest.js';
 
 const KATA = 'io.containerd.kata.v2';
@@ -151,8 +151,3 @@ describe('configuration through containerd (ConfigPath, annotations)', () => {
     await c.ctr(['containers', 'rm', 'cfg4']);
   });
 });
-
-/** containerd's log (where it copies its shims' logs) from byte `from`. */
-function logSince(c: Containerd, from: number): string {
-  return readFileSync(c.logPath).subarray(from).toString('utf8');
-}

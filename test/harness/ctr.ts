@@ -222,8 +222,8 @@ export function logMark(c: Containerd): number {
  * between byte offsets `from` and `to` (default: the end) of its log.
  * Only counts while containerd runs at debug level (setContainerdLogLevel).
  */
-export function forwardedEvents(c: Containerd, topic: string, from: number, to?: number, namespace = c.namespace): number {
-  let text: string;
+/** containerd's log (where it copies its shims' logs) from byte `from` to `to` (default: its end). */
+export function logSince(c: Containerd, from: number, to?: number): string {
   const fd = openSync(c.logPath, 'r');
   try {
     const end = to ?? statSync(c.logPath).size;
@@ -234,10 +234,14 @@ export function forwardedEvents(c: Containerd, topic: string, from: number, to?:
       if (n === 0) break;
       off += n;
     }
-    text = buf.subarray(0, off).toString('utf8');
+    return buf.subarray(0, off).toString('utf8');
   } finally {
     closeSync(fd);
   }
+}
+
+export function forwardedEvents(c: Containerd, topic: string, from: number, to?: number, namespace = c.namespace): number {
+  const text = logSince(c, from, to);
   const needle = `msg="event forwarded" ns=${namespace} topic=${topic} `;
   let count = 0;
   for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) count++;
