@@ -29,10 +29,11 @@ import { projectRoot, runtimeSpec, writeBusyboxRootfs, type OciSpec } from '../h
 import { pidAlive, waitFor } from '../harness/containerd.js';
 import { drainStdout, readAll } from '../harness/agent.js';
 import { expectCode } from '../harness/status.js';
+import { skipUnlessCi } from '../harness/skip.js';
 
 const CRUN = process.env.AGENT_TEST_RUNTIME ?? '/usr/bin/crun';
 const canRun = process.getuid?.() === 0 && existsSync(CRUN);
-const skip = canRun ? false : 'needs root and crun';
+const skip = skipUnlessCi(canRun, 'needs root and crun');
 
 interface Fixture {
   dir: string;

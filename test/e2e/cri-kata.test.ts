@@ -54,6 +54,7 @@ import { mountsUnder, pidAlive, procCmdline, startContainerd, waitFor, type Cont
 import { entries, qemuPids, virtiofsdPids } from '../harness/ctr.js';
 import { templatesOn } from '../harness/guest.js';
 import { guestKernelRelease } from '../harness/guest.js';
+import { skipUnlessCi } from '../harness/skip.js';
 
 const ID = /^[0-9a-f]{64}$/;
 /** runp/create/start/stopp/rmp under TCG: generous. */
@@ -64,7 +65,7 @@ const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'igno
 const canRun = process.getuid?.() === 0 && existsSync('/usr/lib/qemu/virtiofsd') && existsSync('/dev/net/tun') &&
   existsSync('/usr/lib/cni/bridge') && existsSync('/usr/lib/cni/host-local') && existsSync('/usr/lib/cni/loopback') &&
   has('qemu-system-x86_64', ['--version']) && has('containerd', ['--version']) && has('ip', ['-V']) && has('tc', ['-V']) && has('nsenter', ['--version']);
-const skip = canRun ? false : 'needs root, containerd, qemu-system-x86_64, virtiofsd, /dev/net/tun, iproute2, nsenter and containernetworking-plugins';
+const skip = skipUnlessCi(canRun, 'needs root, containerd, qemu-system-x86_64, virtiofsd, /dev/net/tun, iproute2, nsenter and containernetworking-plugins');
 
 // ---------------------------------------------------------------------------
 // helpers

@@ -208,7 +208,10 @@ describe('faults and leaks (issue 8)', { timeout: 40 * 60_000 }, () => {
         assert.equal(qemus.length, 1, 'one QEMU');
         process.kill(shims[0]!, 'SIGTERM'); // the shim starts stopping the VM …
         await new Promise((r) => setTimeout(r, 100));
-        if (pidAlive(shims[0]!)) process.kill(shims[0]!, 'SIGKILL'); // … and dies in the middle
+        // Proof that the SIGKILL lands mid-shutdown, not after a clean stop: the shim and its QEMU still run.
+        assert.ok(pidAlive(shims[0]!), 'the shim is still shutting down 100 ms after SIGTERM');
+        assert.ok(pidAlive(qemus[0]!), 'its VM is not stopped yet');
+        process.kill(shims[0]!, 'SIGKILL'); // … and dies in the middle
         await waitFor(() => !pidAlive(qemus[0]!), { timeoutMs: 30_000, what: 'QEMU gone with its shim' });
         await waitFor(async () => !(await tasks(c)).has(id), { timeoutMs: 60_000, intervalMs: 200, what: 'task gone after the shim died' });
         ok(await c.ctr(['containers', 'delete', id]), 'containers delete');

@@ -29,11 +29,12 @@ import { readAll } from '../harness/agent.js';
 import { runtimeSpec, writeBusyboxRootfs } from '../harness/busybox.js';
 import { expectCode } from '../harness/status.js';
 import { guestImage } from '../harness/guest.js';
+import { skipUnlessCi } from '../harness/skip.js';
 
 const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
 const canRun = process.getuid?.() === 0 && existsSync('/usr/lib/qemu/virtiofsd') && existsSync('/dev/net/tun') &&
   has('qemu-system-x86_64', ['--version']) && has('ip', ['-V']) && has('tc', ['-V']) && has('nsenter', ['--version']);
-const skip = canRun ? false : 'needs root, /dev/net/tun, qemu-system-x86_64, virtiofsd, iproute2 and nsenter';
+const skip = skipUnlessCi(canRun, 'needs root, /dev/net/tun, qemu-system-x86_64, virtiofsd, iproute2 and nsenter');
 
 
 /** Runs a command (bounded: SIGKILL after `timeoutMs`); its status and output. */

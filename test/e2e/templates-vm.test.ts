@@ -31,10 +31,11 @@ import { readAll } from '../harness/agent.js';
 import { runtimeSpec, writeBusyboxRootfs } from '../harness/busybox.js';
 import { pidsMentioning } from '../harness/containerd.js';
 import { guestImage } from '../harness/guest.js';
+import { skipUnlessCi } from '../harness/skip.js';
 
 const canRun = process.getuid?.() === 0 && existsSync('/dev/net/tun') &&
   spawnSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' }).status === 0;
-const skip = canRun ? false : 'needs root, /dev/net/tun and qemu-system-x86_64';
+const skip = skipUnlessCi(canRun, 'needs root, /dev/net/tun and qemu-system-x86_64');
 
 function sh(cmd: string, ...args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });

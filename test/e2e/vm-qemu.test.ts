@@ -442,7 +442,11 @@ test('boot under TCG: QMP status, pause/resume, console, agent port, stop leaves
 
   // The agent channel: the guest writes to virtio-serial port agent.0, we read agent.sock.
   const consoleText = await waitConsole(vm.consoleLogPath, /VMTEST-AGENT-PORT/, BOOT_MS);
-  if (g.modules) {
+  if (!g.modules) {
+    // Not silently: under CI the fixture must have the modules (the project's guest image gives them).
+    assert.ok(process.env.CI !== 'true', `no virtio modules matching the guest kernel (${g.kernelSource}): the agent-port check cannot run`);
+    t.diagnostic('SKIPPED: the agent-port check (no virtio modules matching the guest kernel)');
+  } else {
     assert.match(consoleText, /VMTEST-AGENT-PORT \/dev\/vport\d+p\d+/);
     assert.equal(vm.agent.transport, 'virtio-serial');
     const sock = vm.agent.transport === 'virtio-serial' ? vm.agent.socketPath : '';
