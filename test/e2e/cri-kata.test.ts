@@ -42,7 +42,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -52,8 +52,7 @@ import { BUSYBOX_IMAGE, importImage, pauseImage, busyboxImage, projectRoot } fro
 import { createTestNetwork, type TestNetwork } from '../harness/cni.js';
 import { mountsUnder, pidAlive, procCmdline, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
 import { entries, qemuPids, virtiofsdPids } from '../harness/ctr.js';
-import { templatesOn } from '../harness/guest.js';
-import { guestKernelRelease } from '../harness/guest.js';
+import { defaultConfigText, guestKernelRelease, templatesOn } from '../harness/guest.js';
 import { skipUnlessCi } from '../harness/skip.js';
 
 const ID = /^[0-9a-f]{64}$/;
@@ -146,12 +145,33 @@ function podCgroupDirs(): string[] {
 let baseShims: number[] = [];
 let baseQemus: number[] = [];
 
+/**
+ * The `kata-cfg` handler's own configuration, named only by the CRI runtime
+ * table's `options.ConfigPath` (containerd hands it to the shim): 2 vCPUs,
+ * 384 MiB, and (without templates, which need microvm) machine_type q35.
+ */
+let cfgDir = '';
+let cfgPath = '';
+const CFG_Q35 = !templatesOn();
+
 before(async () => {
   if (skip) return;
   net = createTestNetwork('kata-cri');
+  cfgDir = mkdtempSync(join(tmpdir(), 'kata-cri-cfg-'));
+  cfgPath = join(cfgDir, 'configuration.toml');
+  const cfgText = defaultConfigText(join(cfgDir, 'templates'))
+    .replace(/^default_vcpus = 1$/m, 'default_vcpus = 2')
+    .replace(/^default_memory = 256$/m, 'default_memory = 384')
+    .replace(/^machine_type = "microvm"$/m, CFG_Q35 ? 'machine_type = "q35"' : 'machine_type = "microvm"');
+  assert.match(cfgText, /^default_vcpus = 2$/m);
+  assert.match(cfgText, /^default_memory = 384$/m);
+  writeFileSync(cfgPath, cfgText);
   c = await startContainerd({
     cri: { cniConfDir: net.confDir },
-    runtimes: { kata: { runtimeType: 'io.containerd.kata.v2', extra: { pod_annotations: ['io.katacontainers.*'] } } },
+    runtimes: {
+      kata: { runtimeType: 'io.containerd.kata.v2', extra: { pod_annotations: ['io.katacontainers.*'] } },
+      'kata-cfg': { runtimeType: 'io.containerd.kata.v2', options: { ConfigPath: cfgPath } },
+    },
     extraPath: [join(projectRoot(), 'bin')],
     // The whole VM in the pod's cgroup (CRI's cgroup_parent + the sandbox id), as on a kubelet node.
     kataConfigEdit: (t) => t.replace(/^sandbox_cgroup_only = false$/m, 'sandbox_cgroup_only = true'),
@@ -189,6 +209,7 @@ after(async () => {
   } finally {
     for (const h of held) sh('ip', ['netns', 'del', h]);
     net?.close();
+    if (cfgDir) rmSync(cfgDir, { recursive: true, force: true });
   }
 });
 
@@ -480,4 +501,29 @@ test('the pod VM dies (QEMU killed): its containers end with 255, the pod goes N
     assert.deepEqual(net.cniState(), [], 'CNI state released');
     t.diagnostic('QEMU SIGKILLed: the victim ended 255, the shim cleaned up and ended, nothing left');
   }
+});
+
+test('a handler whose options.ConfigPath alone names its configuration: default_vcpus, default_memory and machine_type seen in the guest', { skip, timeout: 300_000 }, async (t) => {
+  const f = writeJson('cfgpod.json', podConfig('cfgpod'));
+  const p = ok(await crictl([...SLOW, 'runp', '--runtime', 'kata-cfg', f], { spawn: true }), 'runp --runtime kata-cfg').stdout.trim();
+  try {
+    assert.equal(json(ok(await crictl(['inspectp', p]), 'inspectp')).status.runtimeHandler, 'kata-cfg');
+    const cf = writeJson('probe.json', ctrConfig('probe', ['sleep', '3600']));
+    const id = ok(await crictl([...SLOW, 'create', p, cf, f], { spawn: true }), 'create probe').stdout.trim();
+    ok(await crictl([...SLOW, 'start', id], { spawn: true }), 'start probe');
+    const out = ok(await crictl(['exec', '-s', id, 'sh', '-c', 'nproc; grep MemTotal /proc/meminfo; ls /sys/bus/pci/devices | wc -l']), 'exec probe').stdout;
+    const [nproc = '', memTotal = '', pci = ''] = out.trim().split('\n');
+    assert.equal(Number(nproc), 2, `default_vcpus = 2: ${out}`);
+    const kb = Number(/MemTotal:\s+(\d+) kB/.exec(memTotal)?.[1]);
+    assert.ok(kb > 300 * 1024 && kb <= 384 * 1024, `default_memory = 384: MemTotal ${kb} kB`);
+    if (CFG_Q35) assert.ok(Number(pci) > 0, `machine_type = "q35": PCI devices in the guest (${pci})`);
+    else assert.equal(Number(pci), 0, 'machine_type = "microvm": no PCI bus');
+    // Only ConfigPath named that file: the shim logged it as the one in use.
+    assert.match(c.logTail(3000), new RegExp(`"config":"${cfgPath.replace(/[.]/g, '\\.')}"`));
+    t.diagnostic(`kata-cfg pod: nproc ${nproc}, ${memTotal.trim()}, ${pci} PCI devices (${CFG_Q35 ? 'q35' : 'microvm'})`);
+  } finally {
+    ok(await crictl([...SLOW, 'stopp', p], { spawn: true }), 'stopp cfgpod');
+    ok(await crictl([...SLOW, 'rmp', p], { spawn: true }), 'rmp cfgpod');
+  }
+  await waitFor(() => qemuPids(c).length === 0 && c.shimPids().length === 0, { timeoutMs: 60_000, what: 'no QEMU or shim left' });
 });
