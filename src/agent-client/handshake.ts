@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { CancelledError, DeadlineExceededError, UnavailableError } from '../errors/index.js';
-import { findReady, helloLine } from '../agent/channel.js';
+import { findReady, helloLine } from '../agent-protocol/handshake.js';
 
 export interface HandshakeOptions {
   /** Give up after this long (default 10 s). */

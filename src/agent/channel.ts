@@ -19,6 +19,9 @@
  * because data it sent while the guest port was closed is lost) is ignored.
  * No ttrpc frame can start with "KATA": its length would be over 1 GiB.
  *
+ * The lines themselves are in src/agent-protocol/handshake.ts (the host's
+ * client imports them from there, never from the guest's code).
+ *
  * This file is pure (no I/O): ChannelParser turns bytes into events, and
  * ChannelSession turns events into one Duplex per host connection. The
  * transports (serial-port-stream.ts, transport.ts) feed them.
@@ -26,37 +29,15 @@
 import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
 
-export const CHANNEL_MAGIC = 'KATAAGENT1';
-const HELLO_PREFIX = Buffer.from(`${CHANNEL_MAGIC} HELLO `, 'latin1');
-const READY_PREFIX = Buffer.from(`${CHANNEL_MAGIC} READY `, 'latin1');
+import { HELLO_PREFIX, isValidNonce, readyLine } from '../agent-protocol/handshake.js';
+
+export { CHANNEL_MAGIC, findReady, helloLine, isValidNonce, readyLine } from '../agent-protocol/handshake.js';
+
 /** "KATA": the first bytes of every handshake line. */
 const MAGIC4 = HELLO_PREFIX.subarray(0, 4);
-const NONCE_RE = /^[A-Za-z0-9]{8,64}$/;
 /** A handshake line longer than this is garbage. */
 const MAX_LINE = 128;
 const TTRPC_HEADER = 10;
-
-export function helloLine(nonce: string): Buffer {
-  return Buffer.from(`${CHANNEL_MAGIC} HELLO ${nonce}\n`, 'latin1');
-}
-
-export function readyLine(nonce: string): Buffer {
-  return Buffer.from(`${CHANNEL_MAGIC} READY ${nonce}\n`, 'latin1');
-}
-
-export function isValidNonce(nonce: string): boolean {
-  return NONCE_RE.test(nonce);
-}
-
-/**
- * Host side: the offset just past "READY <nonce>\n" in `buf`, or -1. Bytes
- * before it are stale and must be discarded; bytes after it are ttrpc.
- */
-export function findReady(buf: Buffer, nonce: string): number {
-  const line = Buffer.concat([READY_PREFIX, Buffer.from(`${nonce}\n`, 'latin1')]);
-  const i = buf.indexOf(line);
-  return i < 0 ? -1 : i + line.length;
-}
 
 export type ChannelEvent = { kind: 'hello'; nonce: string } | { kind: 'data'; data: Buffer };
 

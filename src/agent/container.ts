@@ -129,10 +129,6 @@ export class Container {
     if (missing) throw new InvalidArgumentError(`spec_json.process.args[0]: ${missing}`);
     proc.terminal = opts.terminal;
     if (opts.terminal && opts.rows && opts.cols) proc.consoleSize = { height: opts.rows, width: opts.cols };
-    // The agent runs at oom_score_adj -1000 (never the OOM killer's choice); a container's processes
-    // must not inherit that: the spec's value, else 0 as under runc on a host (the runtime itself is
-    // started at 0 through launchPrefix, since crun 1.8.1 writes only a non-zero value).
-    if (typeof proc.oomScoreAdj !== 'number') proc.oomScoreAdj = 0;
     const linux = isObject(spec.linux) ? spec.linux : {};
     if (typeof linux.cgroupsPath !== 'string' || linux.cgroupsPath === '') {
       linux.cgroupsPath = `${env.cgroupParent.replace(/\/+$/, '')}/${opts.id}`;
@@ -203,8 +199,6 @@ export class Container {
     const logFile = `${base}.log`;
     const spec: JsonObject = { ...opts.process, terminal: opts.terminal };
     if (opts.terminal && opts.rows && opts.cols) spec.consoleSize = { height: opts.rows, width: opts.cols };
-    // Not the agent's -1000 (see create()): the process's own value, else 0 (launchPrefix gives the runtime 0).
-    if (typeof spec.oomScoreAdj !== 'number') spec.oomScoreAdj = 0;
     await writeFile(processFile, JSON.stringify(spec));
     return proc.start({
       runtimePath: this.env.runtime.path,

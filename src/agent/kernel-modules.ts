@@ -8,6 +8,7 @@
  */
 import { execFile } from 'node:child_process';
 import { DeadlineExceededError, FailedPreconditionError, InvalidArgumentError } from '../errors/index.js';
+import { MODULE_NAME as NAME, MODULE_PARAM as PARAM } from '../agent-protocol/kernel-modules.js';
 
 export interface KernelModule {
   name: string;
@@ -16,8 +17,6 @@ export interface KernelModule {
 
 export const MODPROBE = '/sbin/modprobe';
 const TIMEOUT_MS = 15_000;
-const NAME = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$/;
-const PARAM = /^[A-Za-z0-9_][A-Za-z0-9_-]*(=[A-Za-z0-9_.,:+-]*)?$/;
 
 /** INVALID_ARGUMENT naming the field for a name or parameter modprobe would misread. */
 export function checkKernelModules(mods: readonly KernelModule[]): KernelModule[] {

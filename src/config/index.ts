@@ -25,6 +25,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'smol-toml';
 import { InvalidArgumentError } from '../errors/index.js';
+import { isModuleEntry } from '../agent-protocol/kernel-modules.js';
 
 export type MachineTypeSetting = 'microvm' | 'q35';
 export type AcceleratorSetting = 'auto' | 'kvm' | 'tcg';
@@ -315,7 +316,7 @@ export function parseConfig(text: string, file: string, source: ConfigSource = '
     if (qemu[k] === '') fail(`[hypervisor.qemu] ${k}: required (the guest image's ${k === 'kernel' ? 'vmlinux' : k === 'initrd' ? 'initrd.img' : 'rootfs.img'})`);
   }
   for (const m of (out['agent.kata'] as unknown as AgentConfig).kernel_modules) {
-    if (!KERNEL_MODULE.test(m)) {
+    if (!isModuleEntry(m)) {
       fail(`[agent.kata] kernel_modules: ${JSON.stringify(m)} is not "name [param=value ...]" (a module of the guest image and its parameters)`);
     }
   }
@@ -459,7 +460,6 @@ function convert(v: unknown, kind: Kind, where: string, base: string, fail: (m: 
 }
 
 /** "name [param[=value] ...]", as Kata's kernel_modules entries. */
-const KERNEL_MODULE = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}(\s+[A-Za-z0-9_][A-Za-z0-9_-]*(=[A-Za-z0-9_.,:+-]*)?)*\s*$/;
 
 /** [agent.kata] kernel_modules as (name, parameters) pairs. */
 export function kernelModules(cfg: KataConfig): Array<{ name: string; parameters: string[] }> {

@@ -30,6 +30,7 @@ import { runtimeSpec, writeBusyboxRootfs } from '../harness/busybox.js';
 import { expectCode } from '../harness/status.js';
 import { guestImage } from '../harness/guest.js';
 import { skipUnlessCi } from '../harness/skip.js';
+import { pidsMentioning } from '../harness/containerd.js';
 
 const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
 const canRun = process.getuid?.() === 0 && existsSync('/usr/lib/qemu/virtiofsd') && existsSync('/dev/net/tun') &&
@@ -246,6 +247,8 @@ test('pod networking: tap + tc mirred in the pod netns, QEMU inside it, the gues
     assert.doesNotMatch(must('ip', 'netns', 'list'), new RegExp(`kata-t-${tag}`));
     assert.deepEqual(await detach(tapState!), { removed: [], alreadyGone: [], netnsGone: true });
     assert.ok(!existsSync(join(root, 'sb')), 'sandbox dir removed');
+    assert.deepEqual(pidsMentioning(root), [], 'no QEMU or virtiofsd of the pod left');
+    assert.deepEqual(mountsUnder(root), [], 'no mount left under the test dir');
     sb = undefined;
   });
 
@@ -256,6 +259,9 @@ test('pod networking: tap + tc mirred in the pod netns, QEMU inside it, the gues
       network: { tapName: 'tap0_kata', mac: net.iface.mac },
     }), Code.FAILED_PRECONDITION, /netns: .*no such network namespace/);
     assert.ok(!existsSync(dir), 'sandbox dir removed');
+    // Nothing else either: no process naming the dir (QEMU, virtiofsd), no mount under it.
+    assert.deepEqual(pidsMentioning(dir), [], 'no QEMU or virtiofsd of the refused sandbox');
+    assert.deepEqual(mountsUnder(dir), [], 'no mount under the refused sandbox dir');
   });
 
   t.diagnostic(`measured: discover ${timings['discover']} ms, attachTap ${timings['attachTap']} ms, boot → agent ready + share ${timings['boot']} ms, ` +

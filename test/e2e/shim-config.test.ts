@@ -16,6 +16,7 @@ import { busyboxImage, importImage, projectRoot } from '../harness/busybox.js';
 import { startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
 import { bundleDir, logMark, logSince, qemuPids, virtiofsdPids } from '../harness/ctr.js';
 import { defaultConfigText, templatesOn } from '../harness/guest.js';
+import { assertPodGone, podBaseline } from '../harness/pod-leaks.js';
 
 const KATA = 'io.containerd.kata.v2';
 
@@ -55,6 +56,7 @@ describe('configuration through containerd (ConfigPath, annotations)', () => {
   });
 
   it('an annotation that enable_annotations does not list refuses the pod, naming it; nothing is left', async () => {
+    const base = podBaseline(c);
     const r = await c.ctr(['run', '--rm', '--runtime', KATA, '--runtime-config-path', cfgPath,
       '--annotation', 'io.katacontainers.config.hypervisor.machine_type=q35',
       busyboxImage().name, 'cfg2', 'true'], { timeoutMs: 120_000 });
@@ -67,6 +69,7 @@ describe('configuration through containerd (ConfigPath, annotations)', () => {
     assert.match(p.stderr, /hypervisor\.path/);
     await c.ctr(['containers', 'rm', 'cfg2', 'cfg3']);
     await waitFor(() => c.shimPids().length === 0, { timeoutMs: 15_000, what: 'no shim left after the refused pods' });
+    await assertPodGone(c, base, 'pods refused for their annotations');
   });
 
   it('enable_debug (shim, guest kernel + console, agent), kernel_modules, sandbox_cgroup_only: each does what it says', async () => {
@@ -134,6 +137,7 @@ describe('configuration through containerd (ConfigPath, annotations)', () => {
   });
 
   it('a kernel module the image lacks refuses the pod, naming it; nothing is left', async () => {
+    const base = podBaseline(c);
     const f = join(dir, 'nomod.toml');
     writeFileSync(f, defaultConfigText(join(dir, 'templates')).replace(/^kernel_modules = \[\]$/m, 'kernel_modules = ["kata_ts_nosuchmod"]'));
     const r = await c.ctr(['run', '--rm', '--runtime', KATA, '--runtime-config-path', f, busyboxImage().name, 'cfg5', 'true'], { timeoutMs: 180_000 });
@@ -141,6 +145,7 @@ describe('configuration through containerd (ConfigPath, annotations)', () => {
     assert.match(r.stderr, /kernel_modules: modprobe kata_ts_nosuchmod: /);
     await c.ctr(['containers', 'rm', 'cfg5']);
     await waitFor(() => c.shimPids().length === 0 && qemuPids(c).length === 0, { timeoutMs: 30_000, what: 'no shim or QEMU left' });
+    await assertPodGone(c, base, 'a pod refused for a missing kernel module');
   });
 
   it('a ConfigPath that does not exist is a clear error', async () => {

@@ -498,7 +498,8 @@ test('kill -9 of QEMU: exit event at once, unexpected; stop afterwards is fine',
   assert.equal(e.expected, false);
   assert.equal(e.signal, 'SIGKILL');
   assert.equal(vm.phase, 'exited');
-  assert.ok(ms < 1000, `exit seen after ${ms} ms`);
+  // The exit is reported by the event (no timing figure here: bench/ measures; a generous bound for a loaded machine).
+  assert.ok(ms < 10_000, `exit seen after ${ms} ms`);
   await assert.rejects(vm.pause(), hasCode(Code.FAILED_PRECONDITION));
   await vm.stop();
   assert.equal(vm.phase, 'stopped');
@@ -621,7 +622,8 @@ test('dead shim: QEMU outlives it; attach, pause/resume, kill -9 seen through QM
   const ms = Date.now() - t0;
   assert.equal(e.expected, false);
   assert.equal(e.code, null, 'not our child: no exit status');
-  assert.ok(ms < 1000, `exit seen after ${ms} ms`);
+  // The exit is reported by the event (no timing figure here: bench/ measures; a generous bound for a loaded machine).
+  assert.ok(ms < 10_000, `exit seen after ${ms} ms`);
   await vm.stop();
   noneLeft(state);
   t.diagnostic(`re-attached VM: exit event ${ms} ms after SIGKILL`);
@@ -673,10 +675,8 @@ test('accelerator auto: probes KVM with a real guest and falls back to TCG with 
       assert.match(c.reason, /qemu (exit code|killed by)|did not finish|panicked|without printing/);
     }
   }
-  // cached per process
-  const t1 = Date.now();
-  assert.deepEqual(await chooseAccel(opts), c);
-  assert.ok(Date.now() - t1 < 50);
+  // Cached per process: the same answer object, so no second probe guest was booted.
+  assert.equal(await chooseAccel(opts), c, 'the cached choice (one probe per process)');
   assert.deepEqual(await chooseAccel({ setting: 'tcg', logger: silentLogger() }), { accel: 'tcg', reason: 'configured', probed: false });
 });
 
