@@ -16,6 +16,7 @@ import { loadKernelModules, type KernelModule } from './kernel-modules.js';
 import type { OciRuntime } from './runtime.js';
 import type { ContainerState } from './state.js';
 import { checkOciSpec } from './validate.js';
+import { GUEST_HOSTNAME } from '../agent-protocol/hostname.js';
 
 export interface SandboxOptions {
   runtime: OciRuntime;
@@ -100,7 +101,7 @@ export class Sandbox {
    */
   async createSandbox(id: string, hostname: string, sharedFs?: SharedFsSpec, kernelModules: readonly KernelModule[] = [], machineId?: string): Promise<void> {
     if (this.sandboxIdValue && this.sandboxIdValue !== id) throw new AlreadyExistsError(`sandbox ${this.sandboxIdValue} already exists`);
-    if (hostname && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname)) {
+    if (hostname && !GUEST_HOSTNAME.test(hostname)) {
       throw new InvalidArgumentError(`hostname: ${JSON.stringify(hostname)} is not a valid hostname`);
     }
     // Modules first (a share or a container may need one); loading twice is a no-op.

@@ -19,7 +19,8 @@
  */
 import { access, constants as fsConstants, mkdir, rm } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
-import { AgentClient } from '../agent-client/index.js';
+import type { AgentClient } from '../agent-client/index.js';
+import { connectReadyAgent } from '../sandbox/sandbox-vm.js';
 import { Code, StatusError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { BootVmProvider, type BootVmProviderOptions, type VmProvider, type VmRequest } from '../vm/provider.js';
@@ -172,11 +173,8 @@ export class TemplateFactory {
         memoryFile: { path: join(dir, TEMPLATE_FILES.memory), share: true },
         readyTimeoutMs: this.buildTimeoutMs,
         readyProbe: async (v, signal) => {
-          const ep = v.agent;
-          if (ep.transport !== 'virtio-serial') throw new StatusError(Code.FAILED_PRECONDITION, `agent transport ${ep.transport} is not supported here`);
-          const c = await AgentClient.connect(ep.socketPath, { signal, connectTimeoutMs: 15_000, helloIntervalMs: 50, logger: this.log });
+          const c = await connectReadyAgent(v, signal, this.log);
           try {
-            await c.check({ signal, timeoutMs: 10_000 });
             bootMs = Date.now() - t0;
             if (this.opts.warmUp) {
               const w0 = Date.now();

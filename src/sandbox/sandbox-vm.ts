@@ -186,6 +186,31 @@ export function sandboxBootOptions(image: GuestImage, o: {
   };
 }
 
+/**
+ * One try of a VM's ready probe: connects to its agent (the KATAAGENT1
+ * handshake) and asks Check; the connection on success, closed on failure.
+ */
+export async function connectReadyAgent(vm: Vm, signal: AbortSignal, logger: Logger, callTimeoutMs?: number): Promise<AgentClient> {
+  const ep = vm.agent;
+  if (ep.transport !== 'virtio-serial') throw new FailedPreconditionError(`agent transport ${ep.transport} is not supported here`);
+  const c = await AgentClient.connect(ep.socketPath, {
+    signal,
+    connectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
+    // HELLO is lost while the guest has its port closed, so it is
+    // repeated; often, so that readiness is seen within 50 ms.
+    helloIntervalMs: 50,
+    logger,
+    ...(callTimeoutMs !== undefined ? { timeoutMs: callTimeoutMs } : {}),
+  });
+  try {
+    await c.check({ signal, timeoutMs: 10_000 });
+  } catch (err) {
+    c.close();
+    throw err;
+  }
+  return c;
+}
+
 type Cleanup = { what: string; run: () => Promise<void> | void };
 
 export class SandboxVm {
@@ -279,23 +304,7 @@ export class SandboxVm {
       ...sandboxBootOptions(o.image, o),
       readyTimeoutMs: o.readyTimeoutMs ?? AGENT_READY_TIMEOUT_MS,
       readyProbe: async (vm, signal) => {
-        const ep = vm.agent;
-        if (ep.transport !== 'virtio-serial') throw new FailedPreconditionError(`agent transport ${ep.transport} is not supported here`);
-        const c = await AgentClient.connect(ep.socketPath, {
-          signal,
-          connectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
-          // HELLO is lost while the guest has its port closed, so it is
-          // repeated; often, so that readiness is seen within 50 ms.
-          helloIntervalMs: 50,
-          logger: this.log,
-          ...(o.agentCallTimeoutMs !== undefined ? { timeoutMs: o.agentCallTimeoutMs } : {}),
-        });
-        try {
-          await c.check({ signal, timeoutMs: 10_000 });
-        } catch (err) {
-          c.close();
-          throw err;
-        }
+        const c = await connectReadyAgent(vm, signal, this.log, o.agentCallTimeoutMs);
         probed?.close();
         probed = c;
       },

@@ -40,6 +40,7 @@ import { cgroupV2MetricsAny } from './metrics.js';
 import { ShimProcess, type ExitRecord } from './process.js';
 import { mountRootfs, mountSharedBinds, releaseContainerDir, type RootfsMount } from './rootfs.js';
 import { TaskEvents, type EventSink, type MountInfo } from './task-events.js';
+import { GUEST_HOSTNAME } from '../agent-protocol/hostname.js';
 
 /** Capacity of the exits channel (Kata's). */
 export const EXITS_CHANNEL_CAPACITY = 32;
@@ -694,7 +695,7 @@ function sandboxSpecInfo(spec: unknown): SandboxSpecInfo {
   const limits = containerLimits(spec);
   return {
     ...(Object.keys(limits).length > 0 ? { limits } : {}),
-    ...(typeof hostname === 'string' && /^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/.test(hostname) ? { hostname } : {}),
+    ...(typeof hostname === 'string' && GUEST_HOSTNAME.test(hostname) ? { hostname } : {}),
     ...(netnsPath ? { netnsPath } : {}),
     ...(annotations ? { annotations } : {}),
     ...(typeof cg === 'string' && cg !== '' ? { cgroupsPath: cg } : {}),

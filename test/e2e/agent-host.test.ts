@@ -340,7 +340,13 @@ test('agent on the host: containers, exec, signals, stdio, terminal, pause, stat
       if (r.eof) break;
       got += r.data.length;
       reads++;
-      if (!base && got >= warm) base = maxRss = vmRssKb(f.agentPid);
+      if (!base && got >= warm) {
+        base = maxRss = vmRssKb(f.agentPid);
+        // A third of the way through, the writer must still be writing: the agent relays as the reader
+        // reads, it does not take the stream in ahead of it.
+        const mid = await c.listProcesses({ containerId: id });
+        assert.ok(mid.some((p) => p.cmd.startsWith('head')), `the writer ended after ${got} of ${total} bytes were read: the agent read ahead`);
+      }
       else if (base && reads % 100 === 0) maxRss = Math.max(maxRss, vmRssKb(f.agentPid));
     }
     maxRss = Math.max(maxRss, vmRssKb(f.agentPid));
@@ -348,11 +354,8 @@ test('agent on the host: containers, exec, signals, stdio, terminal, pause, stat
     assert.equal((await c.waitProcess({ containerId: id })).exitStatus, 0);
     t.diagnostic(`agent RSS (KiB): before ${cold}, container blocked ${idle}, after 50 MB warm-up ${base}, ` +
       `max over the next 100 MB ${maxRss}; ${reads} reads`);
-    // Relaying allocates short-lived buffers (pipe chunk, protobuf answer,
-    // ttrpc envelope) that V8 and malloc recycle at their own pace. The
-    // behaviour checked: the 100 MB relayed are not held (growth below the
-    // stream's size); the RSS itself is a diagnostic (figures belong in bench/).
-    assert.ok(maxRss - base < 100 * 1024, `agent RSS grew by ${maxRss - base} KiB over 100 MB after warm-up: the stream is being held`);
+    // The RSS figures are a diagnostic (memory is measured in bench/); the behaviour is checked above:
+    // the writer still blocked while nobody read, and still writing a third of the way through.
     await c.removeContainer({ containerId: id });
   });
 

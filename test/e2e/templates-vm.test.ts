@@ -73,7 +73,8 @@ test('VM templates: one build on first use, clones that are not twins, failures 
 
   const log = new LogLines();
   const logger = createLogger({ name: 'templates-vm-test', destination: log });
-  const factory = new TemplateFactory({ root: templates, logger, warmUp: warmUpGuest });
+  let warmUps = 0;
+  const factory = new TemplateFactory({ root: templates, logger, warmUp: (...a) => { warmUps++; return warmUpGuest(...a); } });
   const origins = new Map<string, VmOrigin>();
 
   const start = (id: string, extra: Partial<SandboxVmOptions> = {}, f = factory): Promise<SandboxVm> =>
@@ -117,7 +118,7 @@ test('VM templates: one build on first use, clones that are not twins, failures 
     assert.equal(log.count(/^making a VM template$/), 1, 'one build for two pods');
     assert.equal(log.count(/^VM template made$/), 1);
     assert.equal(log.count(/warming the template up failed/), 0, 'the template was warmed up (a container ran in it) before it was saved');
-    assert.ok(Number(log.lines.find((l) => l['msg'] === 'VM template made')?.['warmUpMs']) > 0, 'warm-up time logged');
+    assert.equal(warmUps, 1, 'one warm-up, in the one template');
     for (const id of ['pod-a', 'pod-b']) assert.equal(origins.get(id)?.kind, 'clone', `${id}: ${JSON.stringify(origins.get(id))}`);
     const st = await listTemplates(templates);
     assert.equal(st.length, 1);
