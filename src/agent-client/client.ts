@@ -143,6 +143,12 @@ export class AgentClient {
     await this.short('ReseedRandomDev', pb.ReseedRandomDevRequest, pb.Empty, { data }, opts);
   }
 
+  /** After vCPUs or memory were hot-plugged: the agent onlines `cpus` new CPUs (waiting for them) and offline memory. */
+  async onlineCpuMem(req: { cpus: number; cpuOnly?: boolean }, opts?: CallOptions): Promise<{ cpus: number; memoryBlocks: number }> {
+    const r = await this.short('OnlineCPUMem', pb.OnlineCPUMemRequest, pb.OnlineCPUMemResponse, { wait: true, nbCpus: req.cpus, cpuOnly: req.cpuOnly ?? false }, opts);
+    return { cpus: r.cpus ?? 0, memoryBlocks: r.memoryBlocks ?? 0 };
+  }
+
   /** Sets the guest's wall clock (a VM restored from a template resumes at the template's moment). */
   async setGuestDateTime(at: Date, opts?: CallOptions): Promise<void> {
     const ms = at.getTime();

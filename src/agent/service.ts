@@ -17,6 +17,7 @@ import { InvalidArgumentError } from '../errors/index.js';
 import { checkSharedFs } from './shared-fs.js';
 import { checkMachineId, CloneIdentity } from './clone-identity.js';
 import { checkKernelModules } from './kernel-modules.js';
+import { checkOnlineRequest, onlineCpuMem } from './cpu-mem.js';
 import { checkInterface, checkRoutes, Network } from './network.js';
 import { toTimestamp } from '../proto/timestamp.js';
 
@@ -74,6 +75,12 @@ export function agentServiceHandlers(deps: ServiceDeps): ServiceHandlers {
     ReseedRandomDev: unary(pb.ReseedRandomDevRequest, pb.Empty, async (req) => {
       await identity.reseed(req.data);
       return empty();
+    }),
+
+    OnlineCPUMem: unary(pb.OnlineCPUMemRequest, pb.OnlineCPUMemResponse, async (req) => {
+      const r = await onlineCpuMem(checkOnlineRequest(req.nbCpus, req.cpuOnly));
+      deps.logger.info({ ...r, asked: req.nbCpus }, 'hot-plugged CPUs and memory online');
+      return { cpus: r.cpus, memoryBlocks: r.memoryBlocks };
     }),
 
     SetGuestDateTime: unary(pb.SetGuestDateTimeRequest, pb.Empty, async (req) => {

@@ -45,6 +45,7 @@ export interface QemuConfig {
   default_memory: number;
   default_maxvcpus: number;
   default_maxmemory: number;
+  memory_slots: number;
   shared_fs: SharedFs;
   virtio_fs_daemon: string;
   virtio_fs_cache: VirtioFsCache;
@@ -126,6 +127,7 @@ const QEMU: Record<keyof QemuConfig, KeySpec> = {
   default_memory: { kind: { t: 'int', min: 64, max: 65536 }, def: 256 },
   default_maxvcpus: { kind: { t: 'int', min: 0, max: 255 }, def: 0 },
   default_maxmemory: { kind: { t: 'int', min: 0, max: 1048576 }, def: 0 },
+  memory_slots: { kind: { t: 'int', min: 1, max: 256 }, def: 10 },
   shared_fs: { kind: { t: 'enum', values: ['virtio-fs', 'virtio-9p', 'none'] }, def: 'virtio-fs' },
   virtio_fs_daemon: { kind: P, def: '/usr/lib/qemu/virtiofsd', validList: 'valid_virtio_fs_daemon_paths' },
   virtio_fs_cache: { kind: { t: 'enum', values: ['auto', 'always', 'none'] }, def: 'auto' },
@@ -326,9 +328,6 @@ export function parseConfig(text: string, file: string, source: ConfigSource = '
     // device, and vhost-user needs guest RAM the daemon shares, which a clone's private mapping is not.
     if (qemu.shared_fs !== 'virtio-9p') {
       fail(`[factory] enable_template = true needs [hypervisor.qemu] shared_fs = "virtio-9p" (got ${JSON.stringify(qemu.shared_fs)}: a virtio-fs device cannot be in a VM template)`);
-    }
-    if (qemu.machine_type !== 'microvm') {
-      fail(`[factory] enable_template = true needs [hypervisor.qemu] machine_type = "microvm" (got ${JSON.stringify(qemu.machine_type)})`);
     }
   }
   for (const a of qemu.enable_annotations) {

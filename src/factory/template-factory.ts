@@ -92,6 +92,7 @@ export class TemplateFactory {
       ...(boot.initrd !== undefined ? { initrd: boot.initrd } : {}),
       rootfs: root,
       machine,
+      ...(boot.hotplug !== undefined ? { hotplug: boot.hotplug } : {}),
       accel: accel.accel,
       vcpus: req.resources.vcpus,
       memoryMiB: req.resources.memoryMiB,

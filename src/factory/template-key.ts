@@ -9,6 +9,7 @@
  * QEMU binary has another identity, hence another key, and its old
  * templates are never used again (`factory status` lists them as stale).
  */
+import type { HotplugRoom } from '../vm/index.js';
 import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { FailedPreconditionError } from '../errors/index.js';
@@ -31,6 +32,8 @@ export interface TemplateSpec {
   /** The guest's read-only root image (a virtio-blk disk). */
   rootfs: string;
   machine: string;
+  /** Room to grow by hot-plug (q35): `-smp …,maxcpus=`, `-m …,slots=,maxmem=` are part of the machine. */
+  hotplug?: HotplugRoom;
   accel: string;
   vcpus: number;
   memoryMiB: number;

@@ -38,7 +38,7 @@ import { AgentClient } from '../agent-client/index.js';
 import { FailedPreconditionError, InvalidArgumentError, StatusError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import {
-  BootVmProvider, followFile, mountsUnder, VM_FILES, type AccelSetting, type BootVmProviderOptions, type MachineType, type Vm, type VmProvider, type VmResources,
+  BootVmProvider, followFile, mountsUnder, VM_FILES, type AccelSetting, type BootVmProviderOptions, type HotplugRoom, type MachineType, type Vm, type VmProvider, type VmResources,
 } from '../vm/index.js';
 import type { GuestImage } from './guest-image.js';
 
@@ -62,6 +62,8 @@ export const AGENT_READY_TIMEOUT_MS = 90_000;
 const PROBE_CONNECT_TIMEOUT_MS = 15_000;
 /** CreateSandbox (the share's mount), before the time kernel modules add. */
 const CREATE_SANDBOX_TIMEOUT_MS = 30_000;
+/** OnlineCPUMem: the agent waits up to 10 s for hot-plugged CPUs to show up. */
+const ONLINE_TIMEOUT_MS = 15_000;
 /** DestroySandbox during stop: the agent's own kill timeout. */
 const DESTROY_TIMEOUT_MS = 5_000;
 
@@ -74,6 +76,8 @@ export interface SandboxVmOptions {
   resources?: VmResources;
   /** Default microvm (vmlinux); q35 boots the bzImage. */
   machine?: MachineType;
+  /** Room to grow by hot-plug (q35 only): grow() adds vCPUs and memory up to it. */
+  hotplug?: HotplugRoom;
   /** Default `auto`: a KVM probe with the image's bare initrd, TCG otherwise. */
   accel?: AccelSetting;
   /** More agent flags (e.g. `--debug`). No spaces. */
@@ -155,6 +159,7 @@ export function agentKernelParams(image: GuestImage, extra: { kernelParams?: rea
  */
 export function sandboxBootOptions(image: GuestImage, o: {
   machine?: MachineType;
+  hotplug?: HotplugRoom;
   accel?: AccelSetting;
   kernelParams?: readonly string[];
   agentArgs?: readonly string[];
@@ -170,6 +175,7 @@ export function sandboxBootOptions(image: GuestImage, o: {
     initrd: image.initrd,
     kernelParams: agentKernelParams(image, o),
     machine,
+    ...(o.hotplug !== undefined ? { hotplug: o.hotplug } : {}),
     accel: o.accel ?? 'auto',
     kvmProbe: { kernel: image.vmlinux, initrd: image.bareInitrd, ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}) },
     agent: { transport: 'virtio-serial', portName: AGENT_PORT },
@@ -252,6 +258,26 @@ export class SandboxVm {
   get agent(): AgentClient {
     if (!this.agentValue) throw new FailedPreconditionError(`sandbox ${this.opts.sandboxId}: no agent connection`);
     return this.agentValue;
+  }
+
+  /** vCPUs and MiB the VM has now. */
+  get size(): VmResources | undefined {
+    return this.vmValue?.size;
+  }
+
+  /**
+   * Grows the VM to at least `target` by hot-plug and has the agent online
+   * what was added; what was added. FAILED_PRECONDITION when the VM has no
+   * room (microvm, or past the room reserved at boot).
+   */
+  async grow(target: VmResources, signal?: AbortSignal): Promise<VmResources> {
+    const vm = this.vm;
+    if (!vm.grow) throw new FailedPreconditionError(`sandbox ${this.opts.sandboxId}: its VM cannot grow`);
+    const added = await vm.grow(target, signal ? { signal } : {});
+    if (added.vcpus > 0 || added.memoryMiB > 0) {
+      await this.agent.onlineCpuMem({ cpus: added.vcpus }, { timeoutMs: ONLINE_TIMEOUT_MS, ...(signal ? { signal } : {}) });
+    }
+    return added;
   }
 
   /** Host path of a container's rootfs dir (inside the shared dir). */

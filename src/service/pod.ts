@@ -86,6 +86,12 @@ export interface PodSandbox {
   readonly exited: Promise<void>;
   /** Stops the VM and releases what it holds; `force`: the guest is hung, kill QEMU first. */
   stop(opts?: { force?: boolean }): Promise<void>;
+  /**
+   * Makes the VM fit these containers' limits (every container of the pod,
+   * the one being created or updated included): grows it by hot-plug where
+   * it can; FAILED_PRECONDITION naming the bound they exceed.
+   */
+  fit?(limits: readonly ContainerLimits[], signal?: AbortSignal): Promise<void>;
 }
 
 /** Boots (or, later, takes from a warm pool) the pod's VM. */
@@ -153,6 +159,8 @@ interface ExitItem {
 export class Pod {
   readonly containers = new Map<string, ShimContainer>();
   private readonly pending = new Set<string>();
+  /** Each container's limits (created or being created): what the VM must fit. */
+  private readonly sizing = new Map<string, ContainerLimits>();
   private readonly exits = new BoundedChannel<ExitItem>(EXITS_CHANNEL_CAPACITY);
   private readonly events: TaskEvents;
   private readonly log: Logger;
@@ -441,6 +449,9 @@ export class Pod {
       const io = await ProcessIo.open(req.stdio, { containerId: req.id, namespace: this.opts.namespace, logger: this.log });
       undo.push(() => io.close(IO_CLOSE_TIMEOUT_MS));
       const sb = await this.sandbox(signal, sandboxSpecInfo(hostSpec));
+      this.sizing.set(req.id, containerLimits(hostSpec));
+      undo.push(async () => this.sizing.delete(req.id));
+      await sb.fit?.([...this.sizing.values()], signal);
       const hostDir = join(sb.sharedDir, req.id);
       const guestDir = posix.join(sb.guestSharedDir, req.id);
       const pause = req.id === this.opts.podId ? undefined : this.containers.get(this.opts.podId)?.init;
@@ -560,6 +571,7 @@ export class Pod {
       for (const q of c.processes()) await q.io?.close(IO_CLOSE_TIMEOUT_MS);
       await releaseContainerDir(c.hostDir);
       this.containers.delete(id);
+      this.sizing.delete(id);
       await this.events.delete({ containerId: id, pid, exitStatus, exitedAt });
       this.log.info({ container: id, exitStatus }, 'container deleted');
       if (this.isEmpty) {
@@ -652,7 +664,15 @@ export class Pod {
       throw new InvalidArgumentError(`resources: not valid JSON: ${(err as Error).message}`);
     }
     if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new InvalidArgumentError('resources: must be an OCI LinuxResources object');
-    await c.serial(() => this.agent.updateContainer({ containerId: id, resources: json as Record<string, unknown> }));
+    await c.serial(async () => {
+      // Raised limits grow the VM first (a refusal names the bound and changes nothing).
+      const limits = { ...this.sizing.get(id), ...containerLimits({ linux: { resources: json } }) };
+      const all = [...this.sizing.entries()].map(([k, v]) => (k === id ? limits : v));
+      if (!this.sizing.has(id)) all.push(limits);
+      await this.sandboxValue?.fit?.(all);
+      await this.agent.updateContainer({ containerId: id, resources: json as Record<string, unknown> });
+      this.sizing.set(id, limits);
+    });
   }
 
   async stats(id: string): Promise<{ typeUrl: string; value: Uint8Array }> {

@@ -35,6 +35,7 @@ import {
 import { loadGuestImage, SandboxVm, warmUpGuest, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
 import { TemplateFactory } from '../factory/index.js';
 import { podResources } from './pod-sizing.js';
+import type { HotplugRoom } from '../vm/index.js';
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
 export const NETWORK_STATE_FILE = 'network.json';
@@ -86,7 +87,7 @@ function guestHas9p(image: GuestImage): boolean {
 /** What of the configuration the pod VM uses: its SandboxVm options and whether it joins the pod network. */
 export interface PodVmSettings {
   image: GuestImage;
-  vm: Pick<SandboxVmOptions, 'resources' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary' | 'kernelModules' | 'sharedFs' | 'msize9p'>;
+  vm: Pick<SandboxVmOptions, 'resources' | 'hotplug' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary' | 'kernelModules' | 'sharedFs' | 'msize9p'>;
   network: boolean;
   /** [hypervisor.qemu] enable_debug: the guest console goes into the shim's log. */
   consoleToLog: boolean;
@@ -151,6 +152,7 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
     image,
     vm: {
       resources: { vcpus: q.default_vcpus, memoryMiB: q.default_memory },
+      ...(q.machine_type === 'q35' ? { hotplug: hotplugRoom(q, hostCapacity()) } : {}),
       machine: q.machine_type,
       accel: q.machine_accelerators,
       // Kata's hypervisor debug: the kernel's messages on the console (after the image's `quiet`, so it wins)
@@ -169,6 +171,19 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
   };
 }
 
+/**
+ * The room a q35 VM gets to grow into (Kata's: `maxcpus` = default_maxvcpus,
+ * `maxmem` = default_maxmemory, `slots` = memory_slots; 0 = the host's),
+ * never below the defaults.
+ */
+export function hotplugRoom(q: KataConfig['hypervisor']['qemu'], host: { cpus: number; memoryMiB: number }): HotplugRoom {
+  return {
+    maxVcpus: Math.max(q.default_maxvcpus || host.cpus, q.default_vcpus),
+    maxMemoryMiB: Math.max(q.default_maxmemory || host.memoryMiB, q.default_memory),
+    memorySlots: q.memory_slots,
+  };
+}
+
 export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConfig): SandboxFactory {
   // [factory] enable_template: the pod's VM is a clone of a template (made on first use) when it can be.
   const templates = config.cfg?.factory.enable_template
@@ -183,9 +198,13 @@ export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConf
     // io.katacontainers.config.hypervisor.* of the pod: only keys in enable_annotations, paths only from valid_*_paths.
     const podCfg = applyAnnotations(cfg, annotations);
     const settings = podVmSettings(podCfg);
-    // Sized for its containers (Kata's static sizing): the defaults plus the first container's limits.
-    settings.vm.resources = podResources(podCfg.hypervisor.qemu, limits ? [limits] : [], hostCapacity(), podCfg.file);
-    if (limits) logger.info({ limits, resources: settings.vm.resources }, 'pod VM sized for its container');
+    // Sized for its containers (Kata's arithmetic): the defaults plus the first container's limits.
+    const sized = podResources(podCfg.hypervisor.qemu, limits ? [limits] : [], hostCapacity(), podCfg.file);
+    // A clone starts at its template's size (the defaults) and grows by hot-plug, as Kata's do;
+    // a cold boot, or a clone that cannot grow (microvm: a template of its own size), boots sized.
+    const growAfterStart = templates !== undefined && settings.vm.hotplug !== undefined;
+    if (!growAfterStart) settings.vm.resources = sized;
+    if (limits) logger.info({ limits, resources: sized, growAfterStart }, 'pod VM sized for its container');
     // [runtime] sandbox_cgroup_only: the shim joins the pod's cgroup first, so QEMU and virtiofsd are born in it.
     const cgroup = cfg.runtime.sandbox_cgroup_only ? await joinPodCgroup(dir, cgroupsPath, originCgroup, logger) : undefined;
     const image = settings.image;
@@ -219,6 +238,7 @@ export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConf
       throw err;
     }
     try {
+      if (growAfterStart) await s.grow(sized, signal);
       if (net) {
         await s.agent.updateInterface(guestInterface(net));
         await s.agent.updateRoutes(guestRoutes(net));
@@ -234,8 +254,24 @@ export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConf
     const exited = new Promise<void>((r) => (vm.exitInfo ? r() : vm.once('exit', () => r())));
     let stopped: (() => void) | undefined;
     const stoppedP = new Promise<void>((r) => { stopped = r; });
+    let cannotGrowLogged = false;
     const sb: PodSandbox = {
       agent: s.agent,
+      // A later container (a CRI pod's workloads): the VM grows to the defaults plus every
+      // container's limits, bounded (FAILED_PRECONDITION naming the key past a bound).
+      fit: async (all, sig) => {
+        const target = podResources(podCfg.hypervisor.qemu, all, hostCapacity(), podCfg.file);
+        const now = s.size;
+        if (!now || (target.vcpus <= now.vcpus && target.memoryMiB <= now.memoryMiB)) return;
+        if (settings.vm.hotplug === undefined) {
+          if (!cannotGrowLogged) logger.warn({ size: now, wanted: target, machine: settings.vm.machine }, `the pod's containers ask for more than its VM has, and machine_type ${settings.vm.machine ?? 'microvm'} cannot hot-plug (q35 can): the VM keeps its size`);
+          cannotGrowLogged = true;
+          return;
+        }
+        const t0 = Date.now();
+        const added = await s.grow(target, sig);
+        logger.info({ added, size: s.size, ms: Date.now() - t0 }, 'pod VM grown for its containers');
+      },
       vmPid: vm.pid ?? 0,
       sharedDir: s.sharedDir,
       guestSharedDir: s.guestSharedDir,

@@ -12,3 +12,4 @@ export * from './state.js';
 export * from './virtiofsd.js';
 export * from './vm.js';
 export * from './console-follow.js';
+export * from './hotplug.js';

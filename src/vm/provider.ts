@@ -13,6 +13,7 @@ import type { Logger } from '../log/index.js';
 import { chooseAccel, type AccelChoice, type AccelSetting, type KvmProbeOptions } from './accel.js';
 import type { BlockDeviceConfig, TapNetConfig } from './devices/index.js';
 import type { MachineType } from './qemu-args.js';
+import type { HotplugRoom } from './hotplug.js';
 import { QemuVm, type AgentChannelOptions, type QemuTimeouts } from './qemu.js';
 import type { VirtiofsCache } from './virtiofsd.js';
 import type { Vm } from './vm.js';
@@ -49,6 +50,8 @@ export interface BootVmProviderOptions {
   initrd?: string;
   kernelParams?: readonly string[];
   machine?: MachineType;
+  /** Room to grow by hot-plug (q35): QemuConfig.hotplug. */
+  hotplug?: HotplugRoom;
   /** `auto` probes KVM once per process (see accel.ts). */
   accel: AccelSetting;
   /** The probe guest for `auto` (typically the guest kernel + bare-initrd.img). */
@@ -113,6 +116,7 @@ export class BootVmProvider implements VmProvider {
       },
       logger: req.logger,
       ...(o.machine !== undefined ? { machine: o.machine } : {}),
+      ...(o.hotplug !== undefined ? { hotplug: o.hotplug } : {}),
       ...(o.initrd !== undefined ? { initrd: o.initrd } : {}),
       ...(o.kernelParams !== undefined ? { kernelParams: o.kernelParams } : {}),
       ...(o.agent !== undefined ? { agent: o.agent } : {}),

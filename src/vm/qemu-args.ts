@@ -16,6 +16,7 @@
 import { devicesArgs, needsSharedMemory, validateDevices, type DeviceConfig } from './devices/index.js';
 import type { MachineType } from './devices/types.js';
 import { checkAbsPath, checkInt, checkOneOf, checkSocketPath, checkString, invalid, opt } from './validate.js';
+import { hotplugKernelParams, memoryArg, smpArg, validateHotplugRoom, type HotplugRoom } from './hotplug.js';
 
 export type { MachineType } from './devices/types.js';
 
@@ -61,6 +62,8 @@ export interface QemuConfig {
   memoryFile?: { path: string; share: boolean };
   /** `-incoming defer`: the VM waits for `migrate-incoming` (a clone restoring a template's state). */
   incoming?: boolean;
+  /** Room to grow by hot-plug (q35 only: hotplug.ts). */
+  hotplug?: HotplugRoom;
 }
 
 /** Throws InvalidArgumentError naming the first bad field. */
@@ -91,6 +94,7 @@ export function validateQemuConfig(cfg: QemuConfig): void {
     }
   }
   if (cfg.incoming !== undefined && typeof cfg.incoming !== 'boolean') throw invalid('incoming', 'must be a boolean');
+  if (cfg.hotplug !== undefined) validateHotplugRoom(cfg.hotplug, cfg, MAX_VCPUS, MAX_MEMORY_MIB);
   if (cfg.name !== undefined && !/^[A-Za-z0-9._-]{1,64}$/.test(cfg.name)) {
     throw invalid('name', `must be 1-64 letters, digits, '.', '_', '-' (got ${JSON.stringify(cfg.name)})`);
   }
@@ -98,9 +102,10 @@ export function validateQemuConfig(cfg: QemuConfig): void {
 }
 
 /** The guest kernel command line. */
-export function kernelCmdline(cfg: Pick<QemuConfig, 'machine' | 'tscKhz' | 'kernelParams'>): string {
+export function kernelCmdline(cfg: Pick<QemuConfig, 'machine' | 'tscKhz' | 'kernelParams'> & Partial<Pick<QemuConfig, 'memoryMiB' | 'hotplug'>>): string {
   const params = ['console=ttyS0', 'panic=-1'];
   if (cfg.machine === 'microvm' && cfg.tscKhz !== undefined) params.push(`tsc_early_khz=${cfg.tscKhz}`);
+  params.push(...hotplugKernelParams(cfg.memoryMiB ?? 0, cfg.hotplug));
   params.push(...(cfg.kernelParams ?? []));
   return params.join(' ');
 }
@@ -119,8 +124,8 @@ export function buildQemuArgs(cfg: QemuConfig): string[] {
     '-machine', machine.join(','),
     '-accel', cfg.accel,
     '-cpu', cfg.accel === 'kvm' ? 'host' : 'max',
-    '-smp', String(cfg.vcpus),
-    '-m', `${cfg.memoryMiB}M`,
+    '-smp', smpArg(cfg.vcpus, cfg.hotplug),
+    '-m', memoryArg(cfg.memoryMiB, cfg.hotplug),
   );
   if (cfg.memoryFile) {
     const m = cfg.memoryFile;

@@ -36,6 +36,8 @@ import { hostTscKhz } from './host.js';
 import { unmountTree } from './mounts.js';
 import { dieWithParent, identify, isAlive, tailFile, terminate, waitGone } from './proc.js';
 import { buildQemuArgs, QEMU_BINARY, type MachineType, type QemuConfig } from './qemu-args.js';
+import { cpuPlugCommands, memoryStepMiB, type HotpluggableCpu } from './hotplug.js';
+import { needsSharedMemory } from './devices/index.js';
 import { QmpClient, type QmpCallOptions, type QmpEvent, type QmpStatus } from './qmp-client.js';
 import { parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStateFile, type VmState } from './state.js';
 import { Virtiofsd, type VirtiofsCache } from './virtiofsd.js';
@@ -115,7 +117,7 @@ export type AgentChannelOptions =
 export const DEFAULT_SHARED_FS_TAG = 'kataShared';
 
 /** The machine itself, as in QemuConfig (see qemu-args.ts for each field). */
-type MachineOptions = Pick<QemuConfig, 'accel' | 'vcpus' | 'memoryMiB' | 'kernel' | 'initrd' | 'kernelParams'>;
+type MachineOptions = Pick<QemuConfig, 'accel' | 'vcpus' | 'memoryMiB' | 'kernel' | 'initrd' | 'kernelParams' | 'hotplug'>;
 
 export interface QemuVmOptions extends MachineOptions {
   sandboxId: string;
@@ -227,6 +229,9 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
   /** True once the dir is ours to clean (start() got past its checks). */
   private prepared: boolean;
   private stopPromise: Promise<void> | undefined;
+  /** vCPUs and MiB now (boot size plus hot-plugged), and pc-dimms added. */
+  private readonly grown: { vcpus: number; memoryMiB: number };
+  private dimms = 0;
 
   /**
    * Validates the options (INVALID_ARGUMENT naming the field) without touching
@@ -244,6 +249,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       this.log = restored.logger.child({ module: 'vm', sandbox: this.sandboxId });
       this.timeouts = { ...DEFAULT_QEMU_TIMEOUTS, ...restored.timeouts };
       this.plan = undefined;
+      this.grown = { vcpus: 0, memoryMiB: 0 };
       this.phaseValue = 'starting';
       this.prepared = true;
       return;
@@ -259,6 +265,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       if (!opts.memoryFile) throw invalid('incomingState', 'needs memoryFile (the saved state holds no RAM)');
     }
     this.sandboxId = opts.sandboxId;
+    this.grown = { vcpus: opts.vcpus, memoryMiB: opts.memoryMiB };
     this.log = opts.logger.child({ module: 'vm', sandbox: opts.sandboxId });
     this.timeouts = { ...DEFAULT_QEMU_TIMEOUTS, ...opts.timeouts };
     const machine = opts.machine ?? 'microvm';
@@ -306,6 +313,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       name: `sandbox-${opts.sandboxId.slice(0, 32)}`,
       ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
       ...(opts.incomingState !== undefined ? { incoming: true } : {}),
+      ...(opts.hotplug !== undefined ? { hotplug: opts.hotplug } : {}),
     };
     buildQemuArgs(qemuConfig); // validate now: a bad config fails before anything exists
     this.plan = {
@@ -703,6 +711,64 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     const ms = Date.now() - t0;
     this.log.info({ ms, state: stateFile }, 'vm state saved');
     return { ms };
+  }
+
+  /** vCPUs and MiB the VM has now (boot size plus what was hot-plugged); undefined for an attached VM. */
+  get size(): { vcpus: number; memoryMiB: number } | undefined {
+    return this.plan ? { ...this.grown } : undefined;
+  }
+
+  /**
+   * Hot-plugs vCPUs and memory until the VM has at least `target` (hotplug.ts):
+   * free CPU slots from `query-hotpluggable-cpus`, memory as one pc-dimm of
+   * whole guest memory blocks. The guest onlines the memory itself; its CPUs
+   * come up offline (the agent onlines them). Never shrinks. Returns what was
+   * added. FAILED_PRECONDITION when the VM has no room (microvm, or beyond
+   * the room reserved at launch).
+   */
+  async grow(target: { vcpus: number; memoryMiB: number }, opts: { signal?: AbortSignal } = {}): Promise<{ vcpus: number; memoryMiB: number }> {
+    const added = { vcpus: 0, memoryMiB: 0 };
+    const cfg = this.plan?.qemuConfig;
+    if (!cfg) throw new FailedPreconditionError(`vm ${this.sandboxId}: cannot grow a VM this process did not start`);
+    checkOp(this.sandboxId, this.phaseValue, 'pause');
+    await this.serialize('grow', opts.signal, async (signal) => {
+      const room = cfg.hotplug;
+      const cur = this.grown;
+      if (target.vcpus <= cur.vcpus && target.memoryMiB <= cur.memoryMiB) return;
+      if (!room) throw new FailedPreconditionError(`vm ${this.sandboxId}: cannot grow to ${target.vcpus} vCPUs / ${target.memoryMiB} MiB from ${cur.vcpus} / ${cur.memoryMiB}: machine ${cfg.machine} was started without hot-plug room`);
+      const step = memoryStepMiB(cur.memoryMiB, target.memoryMiB);
+      if (target.vcpus > room.maxVcpus) throw new FailedPreconditionError(`vm ${this.sandboxId}: ${target.vcpus} vCPUs asked for, at most ${room.maxVcpus} (maxcpus)`);
+      if (cur.memoryMiB + step > room.maxMemoryMiB) throw new FailedPreconditionError(`vm ${this.sandboxId}: ${cur.memoryMiB + step} MiB asked for, at most ${room.maxMemoryMiB} (maxmem)`);
+      if (step > 0 && this.dimms >= room.memorySlots) throw new FailedPreconditionError(`vm ${this.sandboxId}: all ${room.memorySlots} memory slots are used`);
+      const qmp = this.liveQmp('grow');
+      const call = { signal, timeoutMs: this.timeouts.qmpCommandMs };
+      const t0 = Date.now();
+      if (target.vcpus > cur.vcpus) {
+        const slots = await qmp.execute<HotpluggableCpu[]>('query-hotpluggable-cpus', undefined, call);
+        for (const cmd of cpuPlugCommands(slots, target.vcpus - cur.vcpus)) {
+          await qmp.execute('device_add', cmd, call);
+          cur.vcpus++;
+          added.vcpus++;
+        }
+      }
+      if (step > 0) {
+        const id = `dimm${this.dimms}`;
+        // A vhost-user device (virtio-fs) must be able to map the new RAM too: a shared memfd then.
+        const backend = needsSharedMemory(cfg.devices) ? { 'qom-type': 'memory-backend-memfd', share: true } : { 'qom-type': 'memory-backend-ram' };
+        await qmp.execute('object-add', { ...backend, id: `mem-${id}`, size: step * 1024 * 1024 }, call);
+        try {
+          await qmp.execute('device_add', { driver: 'pc-dimm', id, memdev: `mem-${id}` }, call);
+        } catch (err) {
+          await qmp.execute('object-del', { id: `mem-${id}` }, call).catch(() => {});
+          throw err;
+        }
+        this.dimms++;
+        cur.memoryMiB += step;
+        added.memoryMiB = step;
+      }
+      this.log.info({ added, size: { ...cur }, ms: Date.now() - t0 }, 'vm grown');
+    });
+    return added;
   }
 
   // ---------------------------------------------------------------------------

@@ -103,4 +103,11 @@ export interface Vm extends EventEmitter<VmEvents> {
   stop(opts?: StopOptions): Promise<void>;
   /** A JSON-serializable record for re-attaching or cleaning up later. */
   state(): VmState;
+  /** vCPUs and MiB now (boot size plus hot-plugged); undefined when unknown (an attached VM). */
+  readonly size?: { vcpus: number; memoryMiB: number } | undefined;
+  /**
+   * Hot-plugs vCPUs and memory up to at least `target` (never shrinks); what
+   * was added. FAILED_PRECONDITION when the VM has no room to grow.
+   */
+  grow?(target: { vcpus: number; memoryMiB: number }, opts?: { signal?: AbortSignal }): Promise<{ vcpus: number; memoryMiB: number }>;
 }

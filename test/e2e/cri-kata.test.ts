@@ -148,11 +148,13 @@ let baseQemus: number[] = [];
 /**
  * The `kata-cfg` handler's own configuration, named only by the CRI runtime
  * table's `options.ConfigPath` (containerd hands it to the shim): 2 vCPUs,
- * 384 MiB, and (without templates, which need microvm) machine_type q35.
+ * 384 MiB, machine_type q35 (with templates too: its clones grow), and
+ * bounds of 3 vCPUs and 2 GiB that a later container grows the VM into.
  */
 let cfgDir = '';
 let cfgPath = '';
-const CFG_Q35 = !templatesOn();
+const CFG_MAX_VCPUS = 3;
+const CFG_MAX_MEMORY_MIB = 2048;
 
 before(async () => {
   if (skip) return;
@@ -162,7 +164,12 @@ before(async () => {
   const cfgText = defaultConfigText(join(cfgDir, 'templates'))
     .replace(/^default_vcpus = 1$/m, 'default_vcpus = 2')
     .replace(/^default_memory = 256$/m, 'default_memory = 384')
-    .replace(/^machine_type = "microvm"$/m, CFG_Q35 ? 'machine_type = "q35"' : 'machine_type = "microvm"');
+    .replace(/^machine_type = "microvm"$/m, 'machine_type = "q35"')
+    .replace(/^default_maxvcpus = 0$/m, `default_maxvcpus = ${CFG_MAX_VCPUS}`)
+    .replace(/^default_maxmemory = 0$/m, `default_maxmemory = ${CFG_MAX_MEMORY_MIB}`);
+  assert.match(cfgText, /^machine_type = "q35"$/m);
+  assert.match(cfgText, /^default_maxvcpus = 3$/m);
+  assert.match(cfgText, /^default_maxmemory = 2048$/m);
   assert.match(cfgText, /^default_vcpus = 2$/m);
   assert.match(cfgText, /^default_memory = 384$/m);
   writeFileSync(cfgPath, cfgText);
@@ -503,7 +510,7 @@ test('the pod VM dies (QEMU killed): its containers end with 255, the pod goes N
   }
 });
 
-test('a handler whose options.ConfigPath alone names its configuration: default_vcpus, default_memory and machine_type seen in the guest', { skip, timeout: 300_000 }, async (t) => {
+test('a handler whose options.ConfigPath alone names its configuration (q35, 2 vCPUs, 384 MiB); a container with limits grows the VM by hot-plug; past default_maxmemory: refused, the pod goes on', { skip, timeout: 400_000 }, async (t) => {
   const f = writeJson('cfgpod.json', podConfig('cfgpod'));
   const p = ok(await crictl([...SLOW, 'runp', '--runtime', 'kata-cfg', f], { spawn: true }), 'runp --runtime kata-cfg').stdout.trim();
   try {
@@ -511,19 +518,54 @@ test('a handler whose options.ConfigPath alone names its configuration: default_
     const cf = writeJson('probe.json', ctrConfig('probe', ['sleep', '3600']));
     const id = ok(await crictl([...SLOW, 'create', p, cf, f], { spawn: true }), 'create probe').stdout.trim();
     ok(await crictl([...SLOW, 'start', id], { spawn: true }), 'start probe');
-    const out = ok(await crictl(['exec', '-s', id, 'sh', '-c', 'nproc; grep MemTotal /proc/meminfo; ls /sys/bus/pci/devices | wc -l']), 'exec probe').stdout;
-    const [nproc = '', memTotal = '', pci = ''] = out.trim().split('\n');
-    assert.equal(Number(nproc), 2, `default_vcpus = 2: ${out}`);
-    const kb = Number(/MemTotal:\s+(\d+) kB/.exec(memTotal)?.[1]);
-    assert.ok(kb > 300 * 1024 && kb <= 384 * 1024, `default_memory = 384: MemTotal ${kb} kB`);
-    if (CFG_Q35) assert.ok(Number(pci) > 0, `machine_type = "q35": PCI devices in the guest (${pci})`);
-    else assert.equal(Number(pci), 0, 'machine_type = "microvm": no PCI bus');
+    const probe = async (): Promise<{ nproc: number; online: string; memKb: number; pci: number }> => {
+      const out = ok(await crictl(['exec', '-s', id, 'sh', '-c', 'nproc; cat /sys/devices/system/cpu/online; grep MemTotal /proc/meminfo; ls /sys/bus/pci/devices | wc -l']), 'exec probe').stdout;
+      const [nproc = '', online = '', memTotal = '', pci = ''] = out.trim().split('\n');
+      return { nproc: Number(nproc), online, memKb: Number(/MemTotal:\s+(\d+) kB/.exec(memTotal)?.[1]), pci: Number(pci) };
+    };
+    const before = await probe();
+    assert.equal(before.nproc, 2, `default_vcpus = 2: ${JSON.stringify(before)}`);
+    assert.ok(before.memKb > 300 * 1024 && before.memKb <= 384 * 1024, `default_memory = 384: MemTotal ${before.memKb} kB`);
+    assert.ok(before.pci > 0, `machine_type = "q35": PCI devices in the guest (${before.pci})`);
     // Only ConfigPath named that file: the shim logged it as the one in use.
     assert.match(c.logTail(3000), new RegExp(`"config":"${cfgPath.replace(/[.]/g, '\\.')}"`));
-    t.diagnostic(`kata-cfg pod: nproc ${nproc}, ${memTotal.trim()}, ${pci} PCI devices (${CFG_Q35 ? 'q35' : 'microvm'})`);
+
+    // A workload with limits (what a Kubernetes pod's `resources.limits` become): 1 CPU, 512 MiB.
+    // The VM grows to 2 + 1 vCPUs and 384 + 512 MiB by hot-plug, as Kata's does.
+    const limited = writeJson('limited.json', ctrConfig('limited', ['sleep', '3600'], {
+      linux: { resources: { cpu_period: 100000, cpu_quota: 100000, memory_limit_in_bytes: 512 * 1024 * 1024 } },
+    }));
+    const lid = ok(await crictl([...SLOW, 'create', p, limited, f], { spawn: true }), 'create limited').stdout.trim();
+    ok(await crictl([...SLOW, 'start', lid], { spawn: true }), 'start limited');
+    const after = await probe();
+    assert.equal(after.nproc, CFG_MAX_VCPUS, `2 + 1 vCPUs after the hot-plug: ${JSON.stringify(after)}`);
+    assert.equal(after.online, `0-${CFG_MAX_VCPUS - 1}`);
+    // 512 MiB more, less the page structs the guest kernel takes out of it (64 B per 4 KiB page: 8 MiB).
+    const grownKb = after.memKb - before.memKb;
+    assert.ok(grownKb > 495 * 1024 && grownKb <= 512 * 1024, `384 + 512 MiB after the hot-plug: MemTotal ${before.memKb} → ${after.memKb} kB`);
+    // The container's own limits hold in the guest, as under runc.
+    const cg = ok(await crictl(['exec', '-s', lid, 'sh', '-c', 'p=$(sed -n "s/^0:://p" /proc/self/cgroup); cd "/sys/fs/cgroup$p" && cat memory.max cpu.max']), 'exec limited').stdout.trim().split('\n');
+    assert.deepEqual(cg, [String(512 * 1024 * 1024), '100000 100000']);
+    assert.match(c.logTail(3000), /"msg":"pod VM grown for its containers"/);
+
+    // More memory than default_maxmemory allows: refused when its task is made (CRI's StartContainer:
+    // CreateContainer only records the container in containerd), naming the key; the pod goes on.
+    const huge = writeJson('huge.json', ctrConfig('huge', ['true'], { linux: { resources: { memory_limit_in_bytes: 4 * 1024 * 1024 * 1024 } } }));
+    const hid = ok(await crictl([...SLOW, 'create', p, huge, f], { spawn: true }), 'create huge').stdout.trim();
+    const r = await crictl([...SLOW, 'start', hid], { spawn: true });
+    assert.notEqual(r.code, 0, 'a container over default_maxmemory is refused');
+    assert.match(r.stderr, /ask for 4608 MiB of memory: more than \[hypervisor\.qemu\] default_maxmemory = 2048/);
+    ok(await crictl(['rm', hid]), 'rm huge');
+    const still = await probe();
+    assert.equal(still.nproc, CFG_MAX_VCPUS);
+    assert.ok(Math.abs(still.memKb - after.memKb) < 1024, 'the refusal left the VM as it was');
+    const listed = json(ok(await crictl(['ps', '-a', '-p', p, '-o', 'json']), 'ps')).containers as Array<{ metadata: { name: string } }>;
+    assert.deepEqual(listed.map((x) => x.metadata.name).sort(), ['limited', 'probe']);
+    t.diagnostic(`kata-cfg pod: before ${JSON.stringify(before)}; after the limited container ${JSON.stringify(after)}`);
   } finally {
     ok(await crictl([...SLOW, 'stopp', p], { spawn: true }), 'stopp cfgpod');
     ok(await crictl([...SLOW, 'rmp', p], { spawn: true }), 'rmp cfgpod');
   }
   await waitFor(() => qemuPids(c).length === 0 && c.shimPids().length === 0, { timeoutMs: 60_000, what: 'no QEMU or shim left' });
 });
+
