@@ -21,6 +21,7 @@ import {
 } from './probes.js';
 
 import { factoryDestroy, factoryInit, factoryStatus, printFactoryStatus } from './factory.js';
+import { hostCapacity, hotplugRoom } from '../shim/pod-vm.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
@@ -165,7 +166,22 @@ export async function env(configPath: string | undefined): Promise<Record<string
       image: cfg.hypervisor.qemu.image,
       virtiofsd: cfg.hypervisor.qemu.virtio_fs_daemon,
     },
+    // What the sizing keys come to on this host (docs/sizing.md).
+    sizing: podSizing(cfg),
     ...configData(cfg),
+  };
+}
+
+/** A pod VM's bounds on this host, and whether it grows after boot (q35 hot-plug) or keeps its boot size (microvm). */
+function podSizing(cfg: KataConfig): Record<string, unknown> {
+  const q = cfg.hypervisor.qemu;
+  const room = hotplugRoom(q, hostCapacity());
+  return {
+    boot: `default_vcpus + the first container's CPU quotas, default_memory + its memory limit`,
+    grows_by_hotplug: q.machine_type === 'q35',
+    max_vcpus: room.maxVcpus,
+    max_memory_mib: room.maxMemoryMiB,
+    ...(q.machine_type === 'q35' ? { memory_slots: room.memorySlots } : { note: 'microvm has no hot-plug: a pod VM keeps its boot size (machine_type = "q35" grows)' }),
   };
 }
 

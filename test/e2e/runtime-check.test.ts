@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -120,6 +120,22 @@ test('env prints the effective config and versions as TOML and JSON', { timeout:
   assert.match(t.stdout, /^\[hypervisor\.qemu\]$/m);
   assert.match(t.stdout, /^default_memory = 256$/m);
   assert.match(t.stdout, /^guest_kernel = "/m);
+  // The sizing keys, and what they come to here (docs/sizing.md).
+  assert.match(t.stdout, /^default_maxvcpus = 0$/m);
+  assert.match(t.stdout, /^default_maxmemory = 0$/m);
+  assert.match(t.stdout, /^memory_slots = 10$/m);
+  const sz = (JSON.parse(j.stdout) as { sizing: { grows_by_hotplug: boolean; max_vcpus: number; max_memory_mib: number } }).sizing;
+  assert.deepEqual([sz.grows_by_hotplug, sz.max_vcpus, sz.max_memory_mib], [false, availableParallelism(), Math.floor(totalmem() / 1024 / 1024)]);
+  const q35 = join(mkdtempSync(join(tmpdir(), 'env-q35-')), 'configuration.toml');
+  writeFileSync(q35, readFileSync(TEMPLATE_CONFIG, 'utf8').replace(/^machine_type = "microvm"$/m, 'machine_type = "q35"').replace(/^default_maxmemory = 0$/m, 'default_maxmemory = 4096'));
+  try {
+    const q = await cli(['env', '--json', '--config', q35]);
+    assert.equal(q.code, 0, q.stderr);
+    const qs = (JSON.parse(q.stdout) as { sizing: Record<string, unknown> }).sizing;
+    assert.deepEqual([qs['grows_by_hotplug'], qs['max_memory_mib'], qs['memory_slots']], [true, 4096, 10]);
+  } finally {
+    rmSync(dirname(q35), { recursive: true, force: true });
+  }
   const bad = await cli(['env'], { KATA_CONF_FILE: '/nonexistent/kata.toml' });
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /\/nonexistent\/kata\.toml \(KATA_CONF_FILE\): no such file/);

@@ -13,7 +13,7 @@ import {
   ANNOTATION_PREFIX, applyAnnotations, ConfigError, DEFAULT_CONFIG, DEFAULT_CONFIG_MARKER, findConfig, kernelModules, renderDefaultConfig, templateConfigPath, loadConfig, parseConfig, type KataConfig,
 } from '../../src/config/index.js';
 import { Code } from '../../src/errors/index.js';
-import { podVmSettings } from '../../src/shim/pod-vm.js';
+import { hostCapacity, hotplugRoom, podVmSettings } from '../../src/shim/pod-vm.js';
 
 const MIN = `
 [hypervisor.qemu]
@@ -316,4 +316,34 @@ test('[factory] enable_template needs virtio-9p, or the key is named; microvm an
   assert.equal(ok.factory.enable_template, true);
   assert.equal(ok.factory.template_path, '/var/tpl');
   assert.throws(() => parseConfig(`${base}msize_9p = 100\n`, '/e/c.toml', 'etc'), /msize_9p/);
+});
+
+test('hot-plug room: default_maxvcpus / default_maxmemory / memory_slots (0: the host\'s, never below the defaults), q35 only', () => {
+  const host = { cpus: 16, memoryMiB: 32_000 };
+  const q = (extra: string) => parseConfig(`${MIN}${extra}`, '/e/c.toml', 'etc').hypervisor.qemu;
+  // Kata's defaults: 0 means the host's CPUs and memory; 10 slots.
+  assert.deepEqual(hotplugRoom(q(''), host), { maxVcpus: 16, maxMemoryMiB: 32_000, memorySlots: 10 });
+  assert.deepEqual(hotplugRoom(q('default_maxvcpus = 4\ndefault_maxmemory = 4096\nmemory_slots = 6\n'), host), { maxVcpus: 4, maxMemoryMiB: 4096, memorySlots: 6 });
+  // A bound below the boot size is raised to it (the VM never has less room than it boots with).
+  assert.deepEqual(hotplugRoom(q('default_vcpus = 4\ndefault_memory = 2048\ndefault_maxvcpus = 2\ndefault_maxmemory = 1024\n'), host), { maxVcpus: 4, maxMemoryMiB: 2048, memorySlots: 10 });
+  assert.deepEqual(hotplugRoom(q('default_vcpus = 32\ndefault_memory = 65536\n'), host), { maxVcpus: 32, maxMemoryMiB: 65_536, memorySlots: 10 });
+  assert.throws(() => q('memory_slots = 0\n'), /memory_slots/);
+  assert.throws(() => q('memory_slots = 257\n'), /memory_slots/);
+
+  // podVmSettings: q35 gets the room, microvm (no hot-plug) none.
+  const guest = join(templateConfigPath(), '../../build/guest');
+  const files = `[hypervisor.qemu]\nkernel = "${guest}/bzImage"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\n`;
+  const q35 = podVmSettings(parseConfig(`${files}machine_type = "q35"\ndefault_vcpus = 2\ndefault_memory = 512\ndefault_maxvcpus = 6\ndefault_maxmemory = 3072\nmemory_slots = 4\n`, '/e/c.toml', 'etc'));
+  assert.equal(q35.vm.machine, 'q35');
+  assert.deepEqual(q35.vm.resources, { vcpus: 2, memoryMiB: 512 });
+  assert.deepEqual(q35.vm.hotplug, { maxVcpus: 6, maxMemoryMiB: 3072, memorySlots: 4 });
+  assert.equal(q35.image.bzImage, `${guest}/bzImage`);
+  // Unbounded keys: the host's CPUs and memory (read when the settings are made).
+  const hostNow = hostCapacity();
+  const q35Host = podVmSettings(parseConfig(`${files}machine_type = "q35"\n`, '/e/c.toml', 'etc'));
+  assert.deepEqual(q35Host.vm.hotplug, { maxVcpus: Math.max(hostNow.cpus, 1), maxMemoryMiB: Math.max(hostNow.memoryMiB, 256), memorySlots: 10 });
+  const micro = podVmSettings(parseConfig(`${files}machine_type = "microvm"\ndefault_maxvcpus = 6\ndefault_maxmemory = 3072\n`, '/e/c.toml', 'etc'));
+  assert.equal(micro.vm.machine, 'microvm');
+  assert.equal(micro.vm.hotplug, undefined);
+  assert.equal('hotplug' in micro.vm, false);
 });
