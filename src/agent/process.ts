@@ -232,7 +232,7 @@ export class ContainerProcess {
       process.kill(this.pidValue, sig);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ESRCH') {
-        throw new FailedPreconditionError(`process ${this.name} has already exited`, { cause: err });
+        throw new NotFoundError(`process ${this.name}: process already finished`, { cause: err });
       }
       throw err;
     }

@@ -9,7 +9,7 @@
  * Transitions change the state; operations (exec, signal, stats, …) only
  * check it. Both tables are data, so tests walk them row by row.
  */
-import { FailedPreconditionError } from '../errors/index.js';
+import { FailedPreconditionError, NotFoundError } from '../errors/index.js';
 
 export type ContainerState = 'created' | 'running' | 'paused' | 'stopped' | 'removed';
 
@@ -66,6 +66,9 @@ export function nextContainerState(id: string, state: ContainerState, event: Con
 
 /** Throws a FailedPreconditionError unless `op` is allowed in `state`. */
 export function checkContainerOp(id: string, state: ContainerState, op: ContainerOp): void {
+  // containerd's runc shim answers a kill of a finished process with NotFound ("process already
+  // finished"), which containerd tolerates (StopPodSandbox, ctr task kill); FailedPrecondition it does not.
+  if (op === 'signal' && state === 'stopped') throw new NotFoundError(`container ${id}: process already finished`);
   if (!CONTAINER_OPS[op].includes(state)) throw new FailedPreconditionError(`cannot ${VERB[op]} container ${id} in ${state} state`);
 }
 
@@ -98,6 +101,7 @@ export function nextProcessState(name: string, state: ProcessState, event: Proce
 }
 
 export function checkProcessOp(name: string, state: ProcessState, op: ProcessOp): void {
+  if (op === 'signal' && state === 'exited') throw new NotFoundError(`process ${name}: process already finished`);
   if (!PROCESS_OPS[op].includes(state)) {
     const verb = op === 'write' ? 'write to' : op;
     throw new FailedPreconditionError(`cannot ${verb} process ${name} in ${state} state`);

@@ -273,10 +273,18 @@ export class SandboxVm {
   async grow(target: VmResources, signal?: AbortSignal): Promise<VmResources> {
     const vm = this.vm;
     if (!vm.grow) throw new FailedPreconditionError(`sandbox ${this.opts.sandboxId}: its VM cannot grow`);
-    const added = await vm.grow(target, signal ? { signal } : {});
-    if (added.vcpus > 0 || added.memoryMiB > 0) {
-      await this.agent.onlineCpuMem({ cpus: added.vcpus }, { timeoutMs: ONLINE_TIMEOUT_MS, ...(signal ? { signal } : {}) });
+    const online = (cpus: number): Promise<unknown> => this.agent.onlineCpuMem({ cpus }, { timeoutMs: ONLINE_TIMEOUT_MS, ...(signal ? { signal } : {}) });
+    const before = vm.size?.vcpus ?? 0;
+    let added: VmResources;
+    try {
+      added = await vm.grow(target, signal ? { signal } : {});
+    } catch (err) {
+      // vCPUs plugged before the failure are the VM's now: online them anyway (a later grow would not).
+      const plugged = (vm.size?.vcpus ?? 0) - before;
+      if (plugged > 0) await online(plugged).catch((e: unknown) => this.log.warn({ err: e, plugged }, 'onlining the vCPUs plugged before a failed grow failed'));
+      throw err;
     }
+    if (added.vcpus > 0 || added.memoryMiB > 0) await online(added.vcpus);
     return added;
   }
 

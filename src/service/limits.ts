@@ -24,3 +24,29 @@ export function containerLimits(spec: unknown): ContainerLimits {
   };
 }
 
+
+/**
+ * A container's limits after an Update with OCI LinuxResources `resources`:
+ * what it gives replaces what it had, field by field; a memory limit ≤ 0
+ * (-1: unlimited) removes the memory limit; a quota without a period keeps
+ * the container's period, a period alone re-scales the quota it had.
+ */
+export function updatedLimits(old: ContainerLimits, resources: unknown): ContainerLimits {
+  const r = resources as { memory?: { limit?: unknown }; cpu?: { quota?: unknown; period?: unknown } } | null;
+  const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'bigint' ? Number(v) : undefined);
+  const out: ContainerLimits = { ...old };
+  const mem = num(r?.memory?.limit);
+  if (mem !== undefined) {
+    if (mem > 0) out.memoryBytes = mem;
+    else delete out.memoryBytes;
+  }
+  const quota = num(r?.cpu?.quota);
+  const period = num(r?.cpu?.period);
+  if (quota !== undefined) {
+    if (quota > 0) out.cpuQuota = quota;
+    else { delete out.cpuQuota; delete out.cpuPeriod; }
+  }
+  if (period !== undefined && period > 0 && out.cpuQuota !== undefined) out.cpuPeriod = period;
+  if (out.cpuQuota !== undefined) out.cpuPeriod ??= 100_000;
+  return out;
+}

@@ -22,7 +22,7 @@
  * pids are what Pids lists.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { containerLimits, type ContainerLimits } from './limits.js';
+import { containerLimits, updatedLimits, type ContainerLimits } from './limits.js';
 import { isAbsolute, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentClient } from '../agent-client/index.js';
@@ -36,6 +36,7 @@ import { BoundedChannel } from './channel.js';
 import { ShimContainer, TaskStatus } from './container.js';
 import { guestProcess, guestSpec, specAnnotations } from './guest-spec.js';
 import { checkId } from './ids.js';
+import { refuseWhatAVmCannotGive } from './vm-boundary.js';
 import { cgroupV2MetricsAny } from './metrics.js';
 import { ShimProcess, type ExitRecord } from './process.js';
 import { mountRootfs, mountSharedBinds, releaseContainerDir, type RootfsMount } from './rootfs.js';
@@ -443,6 +444,7 @@ export class Pod {
     if (this.closing.signal.aborted) throw new FailedPreconditionError(`pod ${this.opts.podId}: the shim is shutting down`);
     if (req.checkpoint) throw new UnimplementedError('checkpoint: restoring a container from a checkpoint is not supported');
     const hostSpec = await readBundleSpec(req.bundle);
+    refuseWhatAVmCannotGive(hostSpec, req.id === this.opts.podId);
     this.pending.add(req.id);
     const undo: Array<() => Promise<unknown>> = [];
     try {
@@ -666,10 +668,10 @@ export class Pod {
     if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new InvalidArgumentError('resources: must be an OCI LinuxResources object');
     await c.serial(async () => {
       // Raised limits grow the VM first (a refusal names the bound and changes nothing).
-      const limits = { ...this.sizing.get(id), ...containerLimits({ linux: { resources: json } }) };
+      const limits = updatedLimits(this.sizing.get(id) ?? {}, json);
       const all = [...this.sizing.entries()].map(([k, v]) => (k === id ? limits : v));
       if (!this.sizing.has(id)) all.push(limits);
-      await this.sandboxValue?.fit?.(all);
+      await this.sandboxValue?.fit?.(all, this.closing.signal);
       await this.agent.updateContainer({ containerId: id, resources: json as Record<string, unknown> });
       this.sizing.set(id, limits);
     });

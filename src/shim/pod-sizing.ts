@@ -10,7 +10,8 @@
  *
  * containerd 1.6 gives a container's limits at its Create: `ctr run` pods
  * (one container) are sized at boot. A CRI pod's workload containers come
- * after its VM is up; growing it needs hot-plug (not done: docs/configuration.md).
+ * after its VM is up: a q35 VM grows by hot-plug (pod-vm.ts `fit`,
+ * docs/sizing.md); a microvm one keeps its boot size.
  */
 import { FailedPreconditionError } from '../errors/index.js';
 import type { VmResources } from '../vm/index.js';

@@ -35,7 +35,7 @@ import {
 import { loadGuestImage, SandboxVm, warmUpGuest, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
 import { TemplateFactory } from '../factory/index.js';
 import { podResources } from './pod-sizing.js';
-import type { HotplugRoom } from '../vm/index.js';
+import { MAX_MEMORY_MIB, MAX_VCPUS, type HotplugRoom } from '../vm/index.js';
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
 export const NETWORK_STATE_FILE = 'network.json';
@@ -177,9 +177,10 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
  * never below the defaults.
  */
 export function hotplugRoom(q: KataConfig['hypervisor']['qemu'], host: { cpus: number; memoryMiB: number }): HotplugRoom {
+  // QEMU's own bounds too (a host with more than 255 CPUs or 1 TiB must not make every q35 pod invalid).
   return {
-    maxVcpus: Math.max(q.default_maxvcpus || host.cpus, q.default_vcpus),
-    maxMemoryMiB: Math.max(q.default_maxmemory || host.memoryMiB, q.default_memory),
+    maxVcpus: Math.min(Math.max(q.default_maxvcpus || host.cpus, q.default_vcpus), MAX_VCPUS),
+    maxMemoryMiB: Math.min(Math.max(q.default_maxmemory || host.memoryMiB, q.default_memory), MAX_MEMORY_MIB),
     memorySlots: q.memory_slots,
   };
 }

@@ -64,10 +64,16 @@ export function hotplugKernelParams(memoryMiB: number, room: HotplugRoom | undef
   return room && room.maxMemoryMiB > memoryMiB ? ['memhp_default_state=online', 'swiotlb=noforce'] : [];
 }
 
-/** MiB of the next memory step: the missing amount, in whole guest memory blocks (the guest onlines no less). */
-export function memoryStepMiB(currentMiB: number, targetMiB: number): number {
+/**
+ * MiB of the next memory step: the missing amount in whole guest memory
+ * blocks (the guest onlines no less), rounded up — or down when rounding up
+ * would pass `maxMiB` (then the VM ends less than a block short of the target).
+ */
+export function memoryStepMiB(currentMiB: number, targetMiB: number, maxMiB = Infinity): number {
   if (targetMiB <= currentMiB) return 0;
-  return Math.ceil((targetMiB - currentMiB) / GUEST_MEMORY_BLOCK_MIB) * GUEST_MEMORY_BLOCK_MIB;
+  const up = Math.ceil((targetMiB - currentMiB) / GUEST_MEMORY_BLOCK_MIB) * GUEST_MEMORY_BLOCK_MIB;
+  if (currentMiB + up <= maxMiB) return up;
+  return Math.max(0, Math.floor((maxMiB - currentMiB) / GUEST_MEMORY_BLOCK_MIB) * GUEST_MEMORY_BLOCK_MIB);
 }
 
 /** One entry of QMP `query-hotpluggable-cpus`. */
@@ -91,7 +97,7 @@ export function cpuPlugCommands(slots: readonly HotpluggableCpu[], count: number
   });
   if (free.length < count) throw new RangeError(`${count} more vCPUs asked for, ${free.length} free slots`);
   return free.slice(0, count).map((s) => {
-    const idParts = ['socket-id', 'core-id', 'thread-id'].map((k) => s.props[k] ?? 0).join('-');
+    const idParts = ['socket-id', 'die-id', 'core-id', 'thread-id'].map((k) => s.props[k] ?? 0).join('-');
     return { driver: s.type, id: `${idPrefix}-${idParts}`, ...s.props };
   });
 }

@@ -730,13 +730,15 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     const added = { vcpus: 0, memoryMiB: 0 };
     const cfg = this.plan?.qemuConfig;
     if (!cfg) throw new FailedPreconditionError(`vm ${this.sandboxId}: cannot grow a VM this process did not start`);
-    checkOp(this.sandboxId, this.phaseValue, 'pause');
+    checkOp(this.sandboxId, this.phaseValue, 'grow');
     await this.serialize('grow', opts.signal, async (signal) => {
+      checkOp(this.sandboxId, this.phaseValue, 'grow');
       const room = cfg.hotplug;
       const cur = this.grown;
       if (target.vcpus <= cur.vcpus && target.memoryMiB <= cur.memoryMiB) return;
       if (!room) throw new FailedPreconditionError(`vm ${this.sandboxId}: cannot grow to ${target.vcpus} vCPUs / ${target.memoryMiB} MiB from ${cur.vcpus} / ${cur.memoryMiB}: machine ${cfg.machine} was started without hot-plug room`);
-      const step = memoryStepMiB(cur.memoryMiB, target.memoryMiB);
+      // Whole guest memory blocks, never past maxmem (a target cut to the bound may not be a whole block away).
+      const step = memoryStepMiB(cur.memoryMiB, target.memoryMiB, room.maxMemoryMiB);
       if (target.vcpus > room.maxVcpus) throw new FailedPreconditionError(`vm ${this.sandboxId}: ${target.vcpus} vCPUs asked for, at most ${room.maxVcpus} (maxcpus)`);
       if (cur.memoryMiB + step > room.maxMemoryMiB) throw new FailedPreconditionError(`vm ${this.sandboxId}: ${cur.memoryMiB + step} MiB asked for, at most ${room.maxMemoryMiB} (maxmem)`);
       if (step > 0 && this.dimms >= room.memorySlots) throw new FailedPreconditionError(`vm ${this.sandboxId}: all ${room.memorySlots} memory slots are used`);

@@ -14,13 +14,13 @@ import type { VmState } from './state.js';
  */
 export type VmPhase = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'exited';
 
-export type VmOp = 'start' | 'waitReady' | 'pause' | 'resume' | 'stop';
+export type VmOp = 'start' | 'waitReady' | 'pause' | 'resume' | 'stop' | 'grow';
 
 /** The operations each phase allows; every other one fails naming the phase. */
 const ALLOWED: Record<VmPhase, readonly VmOp[]> = {
   created: ['start', 'stop'],
   starting: ['stop'],
-  running: ['waitReady', 'pause', 'stop'],
+  running: ['waitReady', 'pause', 'stop', 'grow'],
   paused: ['resume', 'stop'],
   stopping: ['stop'],
   stopped: ['stop'],

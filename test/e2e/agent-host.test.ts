@@ -229,7 +229,9 @@ test('agent on the host: containers, exec, signals, stdio, terminal, pause, stat
     assert.equal((await c.waitProcess({ containerId: id })).exitStatus, 137);
     const st = await c.listContainers();
     assert.equal(st.containers.find((x) => x.containerId === id)?.state, 'stopped');
-    await expectCode(c.signalProcess({ containerId: id, signal: 'SIGKILL' }), Code.FAILED_PRECONDITION, /stopped state/);
+    // As containerd's runc shim: a kill of a finished process is NotFound, "process already finished".
+    await expectCode(c.signalProcess({ containerId: id, signal: 'SIGKILL' }), Code.NOT_FOUND, /process already finished/);
+    await expectCode(c.signalProcess({ containerId: id, execId: 'e2', signal: 'SIGKILL' }), Code.NOT_FOUND, /process already finished/);
     await c.removeContainer({ containerId: id });
   });
 

@@ -427,6 +427,15 @@ test('bad configs: clear CRI errors, nothing leaked', { skip, timeout: 300_000 }
   assert.deepEqual(mountsUnder(c.kataRunRoot).sort(), mounts0, 'the pod\'s mounts are as before');
   assert.equal(json(ok(await crictl(['inspectp', pod]), 'inspectp')).status.state, 'SANDBOX_READY');
 
+  // What a VM cannot give is refused at RunPodSandbox, naming the setting (docs/limits.md): the host's
+  // network, IPC and PID namespaces. (runc gives them; here the pod would silently get the guest's.)
+  for (const [key, what] of [['network', 'host network'], ['ipc', 'host IPC'], ['pid', 'host PID']] as const) {
+    const f = writeJson(`host-${key}.json`, podConfig(`host-${key}`, { linux: { cgroup_parent: `/${c.namespace}`, security_context: { namespace_options: { [key]: 2 } } } }));
+    const r = await crictl([...SLOW, 'runp', '--runtime', 'kata', f], { spawn: true });
+    assert.equal(r.code, 1, `namespace_options.${key} = NODE is refused`);
+    assert.match(r.stderr, new RegExp(`code = \\w+ desc = .*linux\\.namespaces: no ${key} namespace, i\\.e\\. the ${what} \\(CRI namespace_options\\.${key} = NODE.*not supported, a pod runs in its own VM`));
+  }
+
   const pods = lines(ok(await crictl(['pods', '-q']), 'pods -q').stdout);
   assert.deepEqual(pods, [pod], 'only the one pod');
   assert.deepEqual(c.shimPids().sort(), shims0.sort(), 'no shim started or left');

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Code } from '../../src/errors/index.js';
-import { containerLimits } from '../../src/service/limits.js';
+import { containerLimits, updatedLimits } from '../../src/service/limits.js';
 import { containersNeed, podResources } from '../../src/shim/pod-sizing.js';
 import { expectCode } from '../harness/status.js';
 
@@ -47,4 +47,18 @@ test('the bounds: the total is cut to them, containers alone over them refuse th
     Code.FAILED_PRECONDITION, /more than the host's 8192 MiB/);
   // A bound below the defaults never shrinks the VM under them.
   assert.deepEqual(podResources({ ...cfg, default_vcpus: 2, default_maxvcpus: 1 }, [], host), { vcpus: 2, memoryMiB: 256 });
+});
+
+test('updatedLimits: an Update replaces what it gives, keeps the rest; -1 memory is unlimited; a quota keeps its period', () => {
+  const old = { memoryBytes: 512 * 1024 * 1024, cpuQuota: 50_000, cpuPeriod: 50_000 };
+  assert.deepEqual(updatedLimits(old, { memory: { limit: 1024 } }), { ...old, memoryBytes: 1024 });
+  assert.deepEqual(updatedLimits(old, { memory: { limit: -1 } }), { cpuQuota: 50_000, cpuPeriod: 50_000 }, 'unlimited memory');
+  assert.deepEqual(updatedLimits(old, { cpu: { quota: 100_000 } }), { ...old, cpuQuota: 100_000 }, 'the period stays 50000: 2 CPUs');
+  assert.deepEqual(containersNeed([updatedLimits(old, { cpu: { quota: 100_000 } })]).vcpus, 2);
+  assert.deepEqual(updatedLimits(old, { cpu: { period: 25_000 } }), { ...old, cpuPeriod: 25_000 }, 'a period alone re-scales the quota');
+  assert.deepEqual(updatedLimits(old, { cpu: { quota: -1 } }), { memoryBytes: old.memoryBytes }, 'no quota: no CPU limit');
+  assert.deepEqual(updatedLimits({}, { cpu: { quota: 200_000 } }), { cpuQuota: 200_000, cpuPeriod: 100_000 }, 'the default period');
+  assert.deepEqual(updatedLimits({}, { cpu: { period: 1000 } }), {}, 'a period without a quota limits nothing');
+  assert.deepEqual(updatedLimits(old, {}), old);
+  assert.deepEqual(updatedLimits(old, null), old);
 });
