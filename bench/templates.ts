@@ -48,25 +48,26 @@
  * clone is reported.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CriClient, v1 } from '../src/cri-client/client.js';
 import { DEFAULT_RESOURCES, loadGuestImage } from '../src/sandbox/index.js';
 import { BUSYBOX_IMAGE, busyboxImage, importImage, pauseImage, projectRoot } from '../test/harness/busybox.js';
 import { createTestNetwork } from '../test/harness/cni.js';
-import {
-  allPids, descendants, mentionsPath, mountsUnder, pidAlive, pidsMentioning, procCmdline, startContainerd, waitFor, type Containerd, type CtrResult,
-} from '../test/harness/containerd.js';
+import { startContainerd, waitFor, type Containerd } from '../test/harness/containerd.js';
 import { logSince, tasks } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
+import {
+  cell, check, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, MB, median, origins, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf, sum,
+  type Origins, type PodMem,
+} from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
 const KATA = 'io.containerd.kata.v2';
 const RUNC = 'io.containerd.runc.v2';
-const MB = 1e6;
 /** ctr/CRI calls that boot or stop a VM under TCG (or wait for a template build): generous. */
 const SLOW_MS = 300_000;
 
@@ -91,28 +92,15 @@ function parseArgs(argv: string[]): Args {
   let settleMs = 5000;
   let json: string | undefined;
   let log: string | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const val = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k}: value missing`);
-      return x;
-    };
-    const int = (min: number): number => {
-      const x = val();
-      const n = Number(x);
-      if (!Number.isInteger(n) || n < min) throw new Error(`${k}: expected an integer ≥ ${min}, got ${x}`);
-      return n;
-    };
-    if (k === '--runs') runs = int(1);
-    else if (k === '--cri-runs') criRuns = int(1);
-    else if (k === '--pods') pods = int(1);
-    else if (k === '--parallel') parallel = int(1);
-    else if (k === '--settle-ms') settleMs = int(0);
-    else if (k === '--json') json = val();
-    else if (k === '--log') log = val();
-    else throw new Error(`unknown option ${k} (--runs N, --cri-runs N, --pods N, --parallel N, --settle-ms N, --json FILE, --log FILE)`);
-  }
+  parseOptions(argv, {
+    '--runs': (v, k) => void (runs = intOption(k, v, 1)),
+    '--cri-runs': (v, k) => void (criRuns = intOption(k, v, 1)),
+    '--pods': (v, k) => void (pods = intOption(k, v, 1)),
+    '--parallel': (v, k) => void (parallel = intOption(k, v, 1)),
+    '--settle-ms': (v, k) => void (settleMs = intOption(k, v, 0)),
+    '--json': (v) => void (json = v),
+    '--log': (v) => void (log = v),
+  }, '--runs N, --cri-runs N, --pods N, --parallel N, --settle-ms N, --json FILE, --log FILE');
   return { runs, criRuns: criRuns ?? Math.min(5, runs), pods, parallel: parallel ?? Math.min(10, pods), settleMs, json, log };
 }
 
@@ -121,130 +109,6 @@ function points(want: number[], max: number): number[] {
   const out = want.filter((n) => n <= max);
   if (!out.includes(Math.min(max, want.at(-1)!))) out.push(Math.min(max, want.at(-1)!));
   return [...new Set(out)].sort((a, b) => a - b);
-}
-
-// ---------------------------------------------------------------------------
-// small helpers
-
-function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
-
-function check(r: CtrResult, what: string): CtrResult {
-  if (r.code !== 0) throw new Error(`${what}: exit ${r.code ?? r.signal}${r.timedOut ? ' (timed out)' : ''}: ${r.stderr.trim()} ${r.stdout.trim()}`);
-  return r;
-}
-
-/** A "Key:   N kB" field of a /proc file, in bytes (undefined if gone). */
-function procKb(path: string, key: string): number | undefined {
-  try {
-    const m = new RegExp(`^${key}:\\s+(\\d+)\\s+kB`, 'm').exec(readFileSync(path, 'utf8'));
-    return m ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
-const pssOf = (pid: number) => procKb(`/proc/${pid}/smaps_rollup`, 'Pss');
-const rssOf = (pid: number) => procKb(`/proc/${pid}/status`, 'VmRSS');
-
-const logSize = (c: Containerd): number => {
-  try {
-    return statSync(c.logPath).size;
-  } catch {
-    return 0;
-  }
-};
-
-interface Origins {
-  cloned: number;
-  bootedCold: number;
-  notUsable: number;
-  templatesMade: number;
-  /** The "VM template not usable" / "booted cold" lines, shortened. */
-  reasons: string[];
-}
-
-function origins(text: string): Origins {
-  const lines = text.split('\n');
-  const has = (re: RegExp) => lines.filter((l) => re.test(l));
-  const bad = has(/VM template not usable|pod VM booted cold/);
-  return {
-    cloned: has(/pod VM cloned from a template/).length,
-    bootedCold: has(/pod VM booted cold/).length,
-    notUsable: has(/VM template not usable/).length,
-    templatesMade: has(/"msg":"VM template made"/).length,
-    reasons: bad.map((l) => {
-      const m = /"msg":"([^"]*)"/.exec(l);
-      return (m ? m[1]! : l).slice(0, 300);
-    }),
-  };
-}
-
-/** QEMUs on this machine that are not this bench's (other people's tests), and the 1-minute load average. */
-function foreignLoad(mine: string[]): { qemu: number; load1: number } {
-  let qemu = 0;
-  for (const pid of allPids()) {
-    const argv = procCmdline(pid);
-    if (/^qemu-system/.test(basename(argv[0] ?? '')) && !argv.some((x) => mine.some((d) => mentionsPath(x, d)))) qemu++;
-  }
-  return { qemu, load1: loadavg()[0]! };
-}
-
-/** `ms` of the shim's JSON log lines with message `msg`, by the pod they name. */
-function shimLogMs(text: string, msg: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (!line.startsWith('{') || !line.includes(`"msg":"${msg}"`)) continue;
-    try {
-      const o = JSON.parse(line) as { pod?: unknown; ms?: unknown; msg?: unknown };
-      if (o.msg === msg && typeof o.pod === 'string' && typeof o.ms === 'number') out.set(o.pod, o.ms);
-    } catch {
-      /* not a whole line */
-    }
-  }
-  return out;
-}
-
-/** The live shim (kata's serving shim or runc's) whose argv has `-id <id>`. */
-function shimOf(c: Containerd, id: string): number | undefined {
-  return c.shimPids().find((p) => {
-    const argv = procCmdline(p);
-    const i = argv.findIndex((a) => a === '-id' || a === '--id');
-    return i >= 0 && argv[i + 1] === id;
-  });
-}
-
-interface PodMem {
-  id: string;
-  shim: number;
-  /** PSS of the shim, of its QEMU(s), of every other descendant (virtiofsd, the container's processes). */
-  shimPss: number;
-  qemuPss: number;
-  otherPss: number;
-  qemuRss: number;
-  procs: number;
-}
-
-function podMem(id: string, shim: number): PodMem {
-  const kids = descendants([shim]);
-  const m: PodMem = { id, shim, shimPss: 0, qemuPss: 0, otherPss: 0, qemuRss: 0, procs: 1 + kids.length };
-  const sp = pssOf(shim);
-  if (sp === undefined) throw new Error(`pod ${id}: shim ${shim} not readable`);
-  m.shimPss = sp;
-  for (const k of kids) {
-    const p = pssOf(k);
-    if (p === undefined) continue; // gone, or a kernel thread
-    if (/^qemu-system/.test(basename(procCmdline(k)[0] ?? ''))) {
-      m.qemuPss += p;
-      m.qemuRss += rssOf(k) ?? 0;
-    } else m.otherPss += p;
-  }
-  return m;
 }
 
 // ---------------------------------------------------------------------------
@@ -427,11 +291,7 @@ async function main(): Promise<void> {
 
     const ctrRun = (kind: Kind, args: string[], timeoutMs = SLOW_MS) =>
       cd.ctr(['run', '--runtime', kind === 'runc' ? RUNC : KATA, ...(kind === 'runc' ? [] : ['--runtime-config-path', cfg[kind]]), ...args], { timeoutMs });
-    const remove = async (id: string) => {
-      await cd.ctr(['task', 'kill', '-a', '-s', 'KILL', id], { timeoutMs: 60_000 });
-      await cd.ctr(['task', 'delete', '-f', id], { timeoutMs: 120_000 });
-      await cd.ctr(['containers', 'delete', id], { timeoutMs: 60_000 });
-    };
+    const remove = (id: string) => removeTask(cd, id);
 
     const pods = new Pods(client, cd, join(cd.dir, 'logs'));
 
@@ -512,7 +372,7 @@ async function main(): Promise<void> {
             await sleep(a.settleMs);
             const perPod = live.map(({ id, shim }) => podMem(id, shim));
             mem.push({ kind, pods: n, perPod, startMs });
-            const tot = sum(perPod.map((p) => p.shimPss + p.qemuPss + p.otherPss));
+            const tot = sum(perPod.map(podPss));
             log(`memory ${kind} at ${n} pods: PSS ${(tot / n / MB).toFixed(1)} MB per pod (${(tot / MB).toFixed(1)} MB in all); starts ${startMs.map((x) => (x / 1000).toFixed(1)).join(' ')} s`);
           }
         } finally {
@@ -549,11 +409,9 @@ async function main(): Promise<void> {
     }
 
     // ---- report
-    const s = (ms: number) => (!Number.isFinite(ms) ? '—' : ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(0)} ms`);
-    const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
-    const x = (r: number) => (Number.isFinite(r) ? `${r.toFixed(r >= 10 ? 1 : 2)}x` : '—');
-    const range = (xs: number[]) => (xs.length ? `${s(Math.min(...xs))}–${s(Math.max(...xs))}` : '');
-    const cell = (xs: number[]) => (xs.length ? `${s(median(xs))} (${range(xs)})` : '—');
+    const s = fmtMs;
+    const mb = fmtMB;
+    const x = fmtRatio;
     const timeRow = (metric: string, v: Record<Kind, number[]>) => {
       const m = { runc: median(v.runc), cold: median(v.cold), template: median(v.template) };
       return `| ${metric} | ${cell(v.runc)} | ${cell(v.cold)} | ${cell(v.template)} | ${x(m.cold / m.runc)} | ${x(m.template / m.runc)} | ${x(m.cold / m.template)} |`;
@@ -583,7 +441,7 @@ async function main(): Promise<void> {
       );
     }
     const avg = (p: MemPoint, f: (m: PodMem) => number) => sum(p.perPod.map(f)) / p.pods;
-    const totalOf = (m: PodMem) => m.shimPss + m.qemuPss + m.otherPss;
+    const totalOf = podPss;
     const runcAt = (n: number) => mem.find((p) => p.kind === 'runc' && p.pods === n) ?? mem.filter((p) => p.kind === 'runc').at(-1);
     lines.push(
       '',
@@ -637,20 +495,7 @@ async function main(): Promise<void> {
     } finally {
       net.close();
       // A template build's QEMU names the bench dir (not containerd's): end any left, by pid, then remove the dir.
-      for (let i = 0; i < 50; i++) {
-        const left = pidsMentioning(benchDir).filter(pidAlive);
-        if (!left.length) break;
-        for (const p of left) {
-          try {
-            process.kill(p, 'SIGKILL');
-          } catch {
-            /* gone */
-          }
-        }
-        await sleep(100);
-      }
-      if (mountsUnder(benchDir).length === 0) rmSync(benchDir, { recursive: true, force: true });
-      else process.stderr.write(`bench/templates: mounts left under ${benchDir}, not removed\n`);
+      await removeBenchDir(benchDir, 'bench/templates');
     }
   }
 }
