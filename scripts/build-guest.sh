@@ -72,6 +72,18 @@ DEVICE_MODULES=(26:virtiofs 19:vmw_vsock_virtio_transport)
 # Also shipped in the root image; the kernel loads them on first use (e.g.
 # `mount -t overlay` asks /sbin/modprobe for fs-overlay), as can the agent.
 LAZY_MODULES=(overlay fuse virtiofs vsock)
+# What containers reach for under runc (privileged ones, or with NET_ADMIN):
+# the kernel loads each on first use (`brctl addbr` → bridge, `ip link add
+# type vxlan`, an nft or iptables rule → its table and matches), running the
+# image's /sbin/modprobe. docs/guest-image.md lists them.
+NET_MODULES=(bridge br_netfilter veth vxlan 8021q tun macvlan ipvlan dummy ipip ip_gre
+  nf_tables nft_chain_nat nft_ct nft_compat nft_masq nft_nat nft_reject_inet nft_fib_inet nft_limit
+  nf_conntrack nf_nat nfnetlink_log ip_set xt_set ip_vs
+  ip_tables iptable_filter iptable_nat iptable_mangle iptable_raw ip6_tables ip6table_filter ip6table_nat ip6table_mangle
+  xt_conntrack xt_MASQUERADE xt_nat xt_addrtype xt_comment xt_mark xt_multiport xt_tcpudp xt_REDIRECT xt_statistic xt_physdev
+  ipt_REJECT ip6t_REJECT sch_htb sch_netem cls_u32 act_mirred)
+# (generic kernel: the cloud one is not checked for all of them)
+[ "$KERNEL_FLAVOR" = generic ] && LAZY_MODULES+=("${NET_MODULES[@]}")
 # virtio-9p (the shared dir of VM templates and their clones: it lives inside
 # QEMU and migrates, unlike vhost-user-fs); the cloud kernel has no 9p.
 if [ "$KERNEL_FLAVOR" = generic ]; then

@@ -232,7 +232,16 @@ export class Container {
     if (all) {
       if (execId !== '') throw new InvalidArgumentError('all: only valid for the init process (exec_id "")');
       checkContainerOp(this.id, this.stateValue, 'signal');
-      await this.env.runtime.kill(this.id, sig, true);
+      try {
+        await this.env.runtime.kill(this.id, sig, true);
+      } catch (err) {
+        // The init exited (crun then has no state for it, or no process to signal) while the
+        // kill was on its way: what the runc shim answers for a finished process.
+        if (proc.state === 'exited' || /No such file or directory|does not exist|not running|no such process/i.test((err as Error).message)) {
+          throw new NotFoundError(`container ${this.id}: process already finished`, { cause: err });
+        }
+        throw err;
+      }
       return;
     }
     if (execId === '') checkContainerOp(this.id, this.stateValue, 'signal');
