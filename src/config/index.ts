@@ -120,7 +120,7 @@ const QEMU: Record<keyof QemuConfig, KeySpec> = {
   kernel: { kind: P, def: '', validList: 'valid_kernel_paths' },
   initrd: { kind: P, def: '', validList: 'valid_initrd_paths' },
   image: { kind: P, def: '', validList: 'valid_image_paths' },
-  machine_type: { kind: { t: 'enum', values: ['microvm', 'q35'] }, def: 'microvm' },
+  machine_type: { kind: { t: 'enum', values: ['microvm', 'q35'] }, def: 'q35' },
   machine_accelerators: { kind: { t: 'enum', values: ['auto', 'kvm', 'tcg'] }, def: 'auto' },
   kernel_params: { kind: S, def: '' },
   default_vcpus: { kind: { t: 'int', min: 1, max: 64 }, def: 1 },

@@ -164,7 +164,6 @@ before(async () => {
   const cfgText = defaultConfigText(join(cfgDir, 'templates'))
     .replace(/^default_vcpus = 1$/m, 'default_vcpus = 2')
     .replace(/^default_memory = 256$/m, 'default_memory = 384')
-    .replace(/^machine_type = "microvm"$/m, 'machine_type = "q35"')
     .replace(/^default_maxvcpus = 0$/m, `default_maxvcpus = ${CFG_MAX_VCPUS}`)
     .replace(/^default_maxmemory = 0$/m, `default_maxmemory = ${CFG_MAX_MEMORY_MIB}`);
   assert.match(cfgText, /^machine_type = "q35"$/m);

@@ -125,16 +125,20 @@ test('env prints the effective config and versions as TOML and JSON', { timeout:
   assert.match(t.stdout, /^default_maxmemory = 0$/m);
   assert.match(t.stdout, /^memory_slots = 10$/m);
   const sz = (JSON.parse(j.stdout) as { sizing: { grows_by_hotplug: boolean; max_vcpus: number; max_memory_mib: number } }).sizing;
-  assert.deepEqual([sz.grows_by_hotplug, sz.max_vcpus, sz.max_memory_mib], [false, availableParallelism(), Math.floor(totalmem() / 1024 / 1024)]);
-  const q35 = join(mkdtempSync(join(tmpdir(), 'env-q35-')), 'configuration.toml');
-  writeFileSync(q35, readFileSync(TEMPLATE_CONFIG, 'utf8').replace(/^machine_type = "microvm"$/m, 'machine_type = "q35"').replace(/^default_maxmemory = 0$/m, 'default_maxmemory = 4096'));
+  // q35 by default: pods grow, up to the host's CPUs and memory.
+  assert.deepEqual([sz.grows_by_hotplug, sz.max_vcpus, sz.max_memory_mib], [true, availableParallelism(), Math.floor(totalmem() / 1024 / 1024)]);
+  const other = join(mkdtempSync(join(tmpdir(), 'env-microvm-')), 'configuration.toml');
+  const text = readFileSync(TEMPLATE_CONFIG, 'utf8');
+  assert.match(text, /^machine_type = "q35"$/m);
+  writeFileSync(other, text.replace(/^machine_type = "q35"$/m, 'machine_type = "microvm"').replace(/^default_maxmemory = 0$/m, 'default_maxmemory = 4096'));
   try {
-    const q = await cli(['env', '--json', '--config', q35]);
+    const q = await cli(['env', '--json', '--config', other]);
     assert.equal(q.code, 0, q.stderr);
     const qs = (JSON.parse(q.stdout) as { sizing: Record<string, unknown> }).sizing;
-    assert.deepEqual([qs['grows_by_hotplug'], qs['max_memory_mib'], qs['memory_slots']], [true, 4096, 10]);
+    assert.deepEqual([qs['grows_by_hotplug'], qs['max_memory_mib'], qs['memory_slots']], [false, 4096, undefined]);
+    assert.match(String(qs['note']), /microvm has no hot-plug/);
   } finally {
-    rmSync(dirname(q35), { recursive: true, force: true });
+    rmSync(dirname(other), { recursive: true, force: true });
   }
   const bad = await cli(['env'], { KATA_CONF_FILE: '/nonexistent/kata.toml' });
   assert.equal(bad.code, 1);

@@ -66,7 +66,7 @@ test('lookup order: explicit, KATA_CONF_FILE, /etc, the installed default', () =
 
 test('defaults and the project default file', () => {
   const c = parseConfig(MIN, '/x/conf.toml');
-  assert.equal(c.hypervisor.qemu.machine_type, 'microvm');
+  assert.equal(c.hypervisor.qemu.machine_type, 'q35');
   assert.equal(c.hypervisor.qemu.machine_accelerators, 'auto');
   assert.equal(c.hypervisor.qemu.default_vcpus, 1);
   assert.equal(c.hypervisor.qemu.default_memory, 256);
@@ -253,7 +253,10 @@ test('the shim maps the config to the pod VM (podVmSettings)', () => {
   const s = podVmSettings(d);
   assert.equal(s.image.dir, guest);
   assert.equal(s.image.vmlinux, join(guest, 'vmlinux'));
-  assert.deepEqual(s.vm, { resources: { vcpus: 1, memoryMiB: 256 }, machine: 'microvm', accel: 'auto', kernelParams: [], readyTimeoutMs: 90_000, sharedFs: 'virtio-fs' });
+  // q35 by default: the room to grow (the host's CPUs and memory, 10 slots).
+  const room = hotplugRoom(d.hypervisor.qemu, hostCapacity());
+  assert.deepEqual(room, { maxVcpus: Math.max(1, hostCapacity().cpus), maxMemoryMiB: hostCapacity().memoryMiB, memorySlots: 10 });
+  assert.deepEqual(s.vm, { resources: { vcpus: 1, memoryMiB: 256 }, hotplug: room, machine: 'q35', accel: 'auto', kernelParams: [], readyTimeoutMs: 90_000, sharedFs: 'virtio-fs' });
   assert.equal(s.network, true);
   // An operator file: its paths, vCPUs, memory, accel, params, network model.
   const c = applyAnnotations(parseConfig(`[hypervisor.qemu]
@@ -269,7 +272,7 @@ dial_timeout = 30
 internetworking_model = "none"
 `, '/etc/kata-containers/configuration.toml', 'etc'), { [A('default_memory')]: '512' });
   const o = podVmSettings(c);
-  assert.deepEqual(o.vm, { resources: { vcpus: 1, memoryMiB: 512 }, machine: 'microvm', accel: 'tcg', kernelParams: ['guest.debug'], readyTimeoutMs: 30_000, sharedFs: 'virtio-fs' });
+  assert.deepEqual(o.vm, { resources: { vcpus: 1, memoryMiB: 512 }, hotplug: hotplugRoom(c.hypervisor.qemu, hostCapacity()), machine: 'q35', accel: 'tcg', kernelParams: ['guest.debug'], readyTimeoutMs: 30_000, sharedFs: 'virtio-fs' });
   assert.equal(o.image.vmlinux, join(guest, 'vmlinux'));
   assert.equal(o.image.rootfs, join(guest, 'rootfs.img'));
   assert.equal(o.image.bareInitrd, join(guest, 'bare-initrd.img'));
