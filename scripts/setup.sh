@@ -11,6 +11,7 @@ APT_PACKAGES=(
   socat cpio lz4 e2fsprogs erofs-utils util-linux iproute2
   containernetworking-plugins     # CNI bridge, host-local, loopback for CRI pods
   gcc libc6-dev                   # the guest's small C helpers
+  golang-go make python3          # critest and the real crictl (../shared/critest builds them offline)
 )
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
