@@ -29,7 +29,6 @@
  *    pod started.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { basename, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -39,6 +38,7 @@ import { DEFAULT_RESOURCES, loadGuestImage } from '../src/sandbox/index.js';
 import { BUSYBOX_IMAGE, busyboxImage, importImage, pauseImage, projectRoot } from '../test/harness/busybox.js';
 import { createTestNetwork } from '../test/harness/cni.js';
 import { descendants, procCmdline, startContainerd, waitFor, type Containerd } from '../test/harness/containerd.js';
+import { pssOf, rssOf } from './lib.js';
 
 const MB = 1e6;
 /** CRI calls that boot or stop a VM under TCG: generous. */
@@ -82,18 +82,6 @@ function median(xs: number[]): number {
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
-
-/** A "Key:   N kB" field of a /proc file, in bytes (undefined if gone). */
-function procKb(path: string, key: string): number | undefined {
-  try {
-    const m = new RegExp(`^${key}:\\s+(\\d+)\\s+kB`, 'm').exec(readFileSync(path, 'utf8'));
-    return m ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
-const rssOf = (pid: number) => procKb(`/proc/${pid}/status`, 'VmRSS');
-const pssOf = (pid: number) => procKb(`/proc/${pid}/smaps_rollup`, 'Pss');
 
 type Handler = 'kata' | 'runc';
 

@@ -63,7 +63,7 @@ export function check(r: CtrResult, what: string): CtrResult {
 // memory of a pod
 
 /** A "Key:   N kB" field of a /proc file, in bytes (undefined if gone). */
-function procKb(path: string, key: string): number | undefined {
+export function procKb(path: string, key: string): number | undefined {
   try {
     const m = new RegExp(`^${key}:\\s+(\\d+)\\s+kB`, 'm').exec(readFileSync(path, 'utf8'));
     return m ? Number(m[1]) * 1024 : undefined;
@@ -71,8 +71,8 @@ function procKb(path: string, key: string): number | undefined {
     return undefined;
   }
 }
-const pssOf = (pid: number) => procKb(`/proc/${pid}/smaps_rollup`, 'Pss');
-const rssOf = (pid: number) => procKb(`/proc/${pid}/status`, 'VmRSS');
+export const pssOf = (pid: number): number | undefined => procKb(`/proc/${pid}/smaps_rollup`, 'Pss');
+export const rssOf = (pid: number): number | undefined => procKb(`/proc/${pid}/status`, 'VmRSS');
 
 /** The live shim (kata's serving shim or runc's) whose argv has `-id <id>`. */
 export function shimOf(c: Containerd, id: string): number | undefined {

@@ -6,6 +6,7 @@ import { Code, StatusError } from '../../src/errors/index.js';
 import { buildQemuArgs, kernelCmdline, type QemuConfig } from '../../src/vm/qemu-args.js';
 import { parseTscKhz } from '../../src/vm/host.js';
 import type { DeviceConfig } from '../../src/vm/devices/index.js';
+import { flagValues } from '../harness/argv.js';
 
 const BASE: QemuConfig = {
   machine: 'microvm',
@@ -20,14 +21,7 @@ const BASE: QemuConfig = {
   devices: [],
 };
 
-/** The value following each occurrence of `flag`. */
-function values(args: string[], flag: string): string[] {
-  const out: string[] = [];
-  args.forEach((a, i) => {
-    if (a === flag) out.push(args[i + 1]!);
-  });
-  return out;
-}
+const values = flagValues;
 
 test('microvm + tcg: the whole argv', () => {
   assert.deepEqual(buildQemuArgs(BASE), [

@@ -8,6 +8,7 @@ import {
   validateHotplugRoom, type HotplugRoom, type HotpluggableCpu,
 } from '../../src/vm/hotplug.js';
 import { buildQemuArgs, kernelCmdline, MAX_MEMORY_MIB, MAX_VCPUS, type QemuConfig } from '../../src/vm/qemu-args.js';
+import { flagValues } from '../harness/argv.js';
 
 /** Asserts `fn` throws INVALID_ARGUMENT whose message starts with `${field}: `. */
 function throwsNaming(fn: () => unknown, field: string): void {
@@ -132,14 +133,7 @@ const Q35: QemuConfig = {
   devices: [],
 };
 
-/** The value following each occurrence of `flag`. */
-function values(args: string[], flag: string): string[] {
-  const out: string[] = [];
-  args.forEach((a, i) => {
-    if (a === flag) out.push(args[i + 1]!);
-  });
-  return out;
-}
+const values = flagValues;
 
 test('q35 with a hotplug room: -smp maxcpus, -m slots/maxmem, memory hot-plug kernel params before the operator\'s', () => {
   const args = buildQemuArgs({ ...Q35, kernelParams: ['quiet'], hotplug: ROOM });
