@@ -53,10 +53,11 @@ if [ -f scripts/build-guest.sh ]; then
 fi
 # containerd looks the shim up on its PATH as containerd-shim-kata-v2
 # (runtime_type "io.containerd.kata.v2"): link this checkout's into
-# /usr/local/bin unless something else is installed there already.
+# /usr/local/bin unless something else is installed there already (an
+# install made by scripts/install.sh, say: its link is left alone).
 shim="$PWD/bin/containerd-shim-kata-v2"
 link=/usr/local/bin/containerd-shim-kata-v2
-if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$(readlink -f "$shim")" ] || [ -L "$link" ]; then
+if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$(readlink -f "$shim")" ] || { [ -L "$link" ] && [[ $(readlink "$link") == */bin/containerd-shim-kata-v2 ]] && [[ $(readlink "$link") != */current/bin/* ]]; }; then
   ln -sfn "$shim" "$link"
 else
   log "not replacing $link (not ours); the tests use $shim directly"

@@ -226,7 +226,11 @@ export interface LookupOptions {
   env?: NodeJS.ProcessEnv;
   /** Default /etc/kata-containers/configuration.toml (tests change it). */
   etcPath?: string;
-  /** Default /usr/share/defaults/kata-containers/configuration.toml (tests change it). */
+  /**
+   * Default: $KATA_TS_DEFAULT_CONFIG (an installed version's own default,
+   * set by its wrappers: scripts/install.sh), else
+   * /usr/share/defaults/kata-containers/configuration.toml (tests change it).
+   */
   defaultPath?: string;
 }
 
@@ -246,7 +250,7 @@ export function findConfig(opts: LookupOptions = {}): { file: string; source: Co
   }
   const etc = opts.etcPath ?? ETC_CONFIG;
   if (existsSync(etc)) return { file: resolve(etc), source: 'etc' };
-  const def = opts.defaultPath ?? DEFAULT_CONFIG;
+  const def = opts.defaultPath ?? (env['KATA_TS_DEFAULT_CONFIG'] || DEFAULT_CONFIG);
   if (!existsSync(def)) {
     throw new ConfigError(`no configuration: none of ConfigPath, KATA_CONF_FILE, ${etc}, ${def} is set or exists (scripts/setup.sh installs ${def})`);
   }

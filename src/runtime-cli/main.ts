@@ -4,17 +4,20 @@
  *
  *   kata-ts-runtime check [--json] [--config FILE]   can this host run pods, and why not
  *   kata-ts-runtime env   [--json] [--config FILE]   effective configuration + versions
+ *   kata-ts-runtime containerd-config [--file F] [--handler H] [--runtime-config PATH] [--dry-run]
+ *                                                     add the runtime to containerd's config (CRI)
  *
  * The config is found as the shim finds it (src/config: --config, then
  * KATA_CONF_FILE, /etc/kata-containers/configuration.toml, the installed
  * default /usr/share/defaults/kata-containers/configuration.toml). `check`
  * exits 0 only when a pod can run.
  */
-import { readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'smol-toml';
-import { configData, loadConfig, type KataConfig } from '../config/index.js';
+import { configData, findConfig, loadConfig, type KataConfig } from '../config/index.js';
+import { addRuntime } from '../install/containerd-config.js';
 import {
   bootProbe, probeCgroup2, probeContainerd, probeDevice, probeGuestFiles, probeMirred, probeQemu, probeVirtiofsd, qemuVersion,
   type ProbeLine,
@@ -34,6 +37,10 @@ commands:
   factory init      make the VM templates this configuration's pods clone ([factory])
   factory status    the templates under template_path: current, stale, broken, last failures
   factory destroy   remove every template (running clones keep their memory)
+  containerd-config add the CRI runtime table (runtime_type, pod_annotations, ConfigPath) to
+          containerd's config: --file (default /etc/containerd/config.toml), --handler (default
+          kata), --runtime-config (default: the configuration.toml in use), --dry-run (print it);
+          idempotent, keeps a backup, refuses a file it cannot parse or a different table
 `;
 
 interface Args {
@@ -41,6 +48,11 @@ interface Args {
   sub?: string;
   json: boolean;
   config?: string;
+  /** containerd-config's options. */
+  file?: string;
+  handler?: string;
+  runtimeConfig?: string;
+  dryRun?: boolean;
 }
 
 class UsageError extends Error {}
@@ -50,9 +62,19 @@ function parseArgs(argv: readonly string[]): Args {
   let sub: string | undefined;
   let json = false;
   let config: string | undefined;
+  const more: Pick<Args, 'file' | 'handler' | 'runtimeConfig' | 'dryRun'> = {};
+  const value = (i: number, flag: string): string => {
+    const v = argv[i];
+    if (!v) throw new UsageError(`${flag} needs a value`);
+    return v;
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--json') json = true;
+    else if (a === '--file') more.file = value(++i, a);
+    else if (a === '--handler') more.handler = value(++i, a);
+    else if (a === '--runtime-config') more.runtimeConfig = value(++i, a);
+    else if (a === '--dry-run') more.dryRun = true;
     else if (a === '--config') {
       config = argv[++i];
       if (!config) throw new UsageError('--config needs a file');
@@ -64,10 +86,12 @@ function parseArgs(argv: readonly string[]): Args {
   }
   if (!cmd) throw new UsageError('no command');
   if (cmd === 'factory' && !['init', 'status', 'destroy'].includes(sub ?? '')) throw new UsageError('factory needs init, status or destroy');
-  return { cmd, json, ...(sub ? { sub } : {}), ...(config ? { config } : {}) };
+  return { cmd, json, ...(sub ? { sub } : {}), ...(config ? { config } : {}), ...more };
 }
 
 function shimVersion(): string {
+  // An installed version (scripts/install.sh) says which it is; a checkout reads its package.json.
+  if (process.env['KATA_TS_VERSION']) return process.env['KATA_TS_VERSION'];
   try {
     return (JSON.parse(readFileSync(resolve(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
   } catch {
@@ -159,7 +183,7 @@ export async function env(configPath: string | undefined): Promise<Record<string
       agent: shimVersion(),
     },
     paths: {
-      shim: resolve(ROOT, 'bin/containerd-shim-kata-v2'),
+      shim: process.env['KATA_TS_SHIM'] ?? resolve(ROOT, 'bin/containerd-shim-kata-v2'),
       qemu: cfg.hypervisor.qemu.path,
       kernel: cfg.hypervisor.qemu.kernel,
       initrd: cfg.hypervisor.qemu.initrd,
@@ -183,6 +207,35 @@ function podSizing(cfg: KataConfig): Record<string, unknown> {
     max_memory_mib: room.maxMemoryMiB,
     ...(q.machine_type === 'q35' ? { memory_slots: room.memorySlots } : { note: 'microvm has no hot-plug: a pod VM keeps its boot size (machine_type = "q35" grows)' }),
   };
+}
+
+/** containerd-config: adds the runtime to a containerd config file (src/install/containerd-config.ts). */
+async function containerdConfig(args: Args): Promise<number> {
+  const file = resolve(args.file ?? '/etc/containerd/config.toml');
+  const entry = { handler: args.handler ?? 'kata', configPath: resolve(args.runtimeConfig ?? findConfig({ explicit: args.config }).file) };
+  const old = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const r = addRuntime(old, entry, file);
+  if (args.dryRun) {
+    process.stdout.write(r.changed ? r.text : `${file}: unchanged (${r.why})\n`);
+    return 0;
+  }
+  if (!r.changed) {
+    process.stdout.write(`${file}: unchanged (${r.why})\n`);
+    return 0;
+  }
+  const mode = existsSync(file) ? statSync(file).mode & 0o777 : 0o644;
+  let backup = '';
+  if (existsSync(file)) {
+    backup = `${file}.bak-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    copyFileSync(file, backup);
+  } else {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o755 });
+  }
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, r.text, { mode });
+  renameSync(tmp, file);
+  process.stdout.write(`${file}: added the ${entry.handler} runtime (ConfigPath ${entry.configPath})${backup ? `; the old file is ${backup}` : ''}; restart containerd to use it\n`);
+  return 0;
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
@@ -229,6 +282,13 @@ export async function main(argv: readonly string[]): Promise<number> {
         return 1;
       }
     }
+    case 'containerd-config':
+      try {
+        return await containerdConfig(args);
+      } catch (err) {
+        process.stderr.write(`kata-ts-runtime containerd-config: ${(err as Error).message}\n`);
+        return 1;
+      }
     default:
       process.stderr.write(`kata-ts-runtime: unknown command ${args.cmd}\n${USAGE}`);
       return 2;
