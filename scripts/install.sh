@@ -61,7 +61,7 @@ MARKER=.kata-ts-install
 running_shims() {
   local p cmd id ver
   for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
     case $cmd in *"$PREFIX/versions/"*containerd-shim-kata-v2.mjs*) ;; *) continue ;; esac
     id=$(sed -n 's/.* -id \([^ ]*\).*/\1/p' <<<"$cmd")
     ver=$(sed -n "s#.*$PREFIX/versions/\([^/]*\)/.*#\1#p" <<<"$cmd")

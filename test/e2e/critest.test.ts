@@ -82,15 +82,28 @@ const EXPECTED_FAILURES: ReadonlyArray<{ spec: RegExp; reason: RegExp; why: stri
   },
 ];
 
+/** Process groups of the kit's runs: ended with this process (a test runner's timeout must not leave critest running). */
+const groups = new Set<number>();
+const endGroups = (): void => {
+  for (const g of groups) {
+    try { process.kill(-g, 'SIGTERM'); } catch { /* gone */ }
+  }
+};
+process.once('exit', endGroups);
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => { endGroups(); process.exit(1); });
+
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ code: number | null; out: string }> {
   return new Promise((resolveRun) => {
-    const c = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    if (c.pid) groups.add(c.pid);
     const out: Buffer[] = [];
     c.stdout.on('data', (d: Buffer) => out.push(d));
     c.stderr.on('data', (d: Buffer) => out.push(d));
-    const t = setTimeout(() => c.kill('SIGTERM'), timeoutMs);
+    // The kit's run.sh stops its containerd on SIGTERM (trap … EXIT): the group, so critest ends too.
+    const t = setTimeout(() => { try { process.kill(-c.pid!, 'SIGTERM'); } catch { /* gone */ } }, timeoutMs);
     c.on('close', (code) => {
       clearTimeout(t);
+      if (c.pid) groups.delete(c.pid);
       resolveRun({ code, out: Buffer.concat(out).toString() });
     });
   });
