@@ -28,7 +28,7 @@ test('a containerd 1.6 config gets the kata runtime once; the rest is kept as wr
   assert.equal(r.changed, true);
   assert.ok(r.text.startsWith(old), 'appended, never rewritten');
   const rt = runtimes(r.text);
-  assert.deepEqual(rt['kata'], { runtime_type: 'io.containerd.kata.v2', pod_annotations: ['io.katacontainers.*'], options: { ConfigPath: E.configPath } });
+  assert.deepEqual(JSON.parse(JSON.stringify(rt['kata'])), { runtime_type: 'io.containerd.kata.v2', pod_annotations: ['io.katacontainers.*'], options: { ConfigPath: E.configPath } });
   assert.equal(rt['runc'].runtime_type, 'io.containerd.runc.v2');
   // Idempotent: the same table is there.
   const again = addRuntime(r.text, E);
