@@ -4,7 +4,7 @@
  * (its shim and every descendant), the shim's JSON log lines in containerd's
  * log, other people's QEMUs, removing a task and the bench's own dir.
  */
-import { readFileSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { basename } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -206,4 +206,14 @@ export async function removeBenchDir(dir: string, bench: string): Promise<void> 
   }
   if (mountsUnder(dir).length === 0) rmSync(dir, { recursive: true, force: true });
   else process.stderr.write(`${bench}: mounts left under ${dir}, not removed\n`);
+}
+
+/** --log FILE: a copy of containerd's log (the shims' lines in it), taken before it stops; a failure is reported, not thrown. */
+export function copyContainerdLog(c: Containerd | undefined, to: string | undefined, bench: string): void {
+  if (!to || !c) return;
+  try {
+    copyFileSync(c.logPath, to);
+  } catch (e) {
+    process.stderr.write(`${bench}: copying containerd's log: ${String(e)}\n`);
+  }
 }

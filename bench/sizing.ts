@@ -35,7 +35,7 @@
  *    Memory the guest never touched is not paid for: a sized idle pod should
  *    cost about what a default one does.
  */
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -45,7 +45,7 @@ import { startContainerd, waitFor, type Containerd } from '../test/harness/conta
 import { logSince, podAnnotations } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
 import {
-  cell, check, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, median, origins, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf,
+  cell, check, copyContainerdLog, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, median, origins, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf,
   type PodMem,
 } from './lib.js';
 
@@ -329,13 +329,7 @@ async function main(): Promise<void> {
     console.log(lines.join('\n'));
   } finally {
     clearInterval(sampler);
-    if (a.log && c) {
-      try {
-        copyFileSync(c.logPath, a.log);
-      } catch (e) {
-        process.stderr.write(`bench/sizing: copying containerd's log: ${String(e)}\n`);
-      }
-    }
+    copyContainerdLog(c, a.log, 'bench/sizing');
     try {
       await c?.stop();
     } finally {

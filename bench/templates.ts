@@ -48,7 +48,7 @@
  * clone is reported.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -61,7 +61,7 @@ import { startContainerd, waitFor, type Containerd } from '../test/harness/conta
 import { logSince, tasks } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
 import {
-  cell, check, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, MB, median, origins, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf, sum,
+  cell, check, copyContainerdLog, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, MB, median, origins, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf, sum,
   type Origins, type PodMem,
 } from './lib.js';
 
@@ -483,13 +483,7 @@ async function main(): Promise<void> {
   } finally {
     stopSampler();
     cri?.close();
-    if (a.log && c) {
-      try {
-        copyFileSync(c.logPath, a.log);
-      } catch (e) {
-        process.stderr.write(`bench/templates: copying containerd's log: ${String(e)}\n`);
-      }
-    }
+    copyContainerdLog(c, a.log, 'bench/templates');
     try {
       await c?.stop();
     } finally {

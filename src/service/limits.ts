@@ -11,10 +11,12 @@ export interface ContainerLimits {
   cpuPeriod?: number;
 }
 
+/** A JSON number (or bigint), anything else undefined. */
+const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'bigint' ? Number(v) : undefined);
+
 /** The limits of an OCI spec (anything malformed counts as no limit: the spec is the runtime's to refuse). */
 export function containerLimits(spec: unknown): ContainerLimits {
   const r = (spec as { linux?: { resources?: { memory?: { limit?: unknown }; cpu?: { quota?: unknown; period?: unknown } } } } | null)?.linux?.resources;
-  const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'bigint' ? Number(v) : undefined);
   const memoryBytes = num(r?.memory?.limit);
   const cpuQuota = num(r?.cpu?.quota);
   const cpuPeriod = num(r?.cpu?.period);
@@ -24,7 +26,6 @@ export function containerLimits(spec: unknown): ContainerLimits {
   };
 }
 
-
 /**
  * A container's limits after an Update with OCI LinuxResources `resources`:
  * what it gives replaces what it had, field by field; a memory limit ≤ 0
@@ -33,7 +34,6 @@ export function containerLimits(spec: unknown): ContainerLimits {
  */
 export function updatedLimits(old: ContainerLimits, resources: unknown): ContainerLimits {
   const r = resources as { memory?: { limit?: unknown }; cpu?: { quota?: unknown; period?: unknown } } | null;
-  const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'bigint' ? Number(v) : undefined);
   const out: ContainerLimits = { ...old };
   const mem = num(r?.memory?.limit);
   if (mem !== undefined) {

@@ -669,9 +669,7 @@ export class Pod {
     await c.serial(async () => {
       // Raised limits grow the VM first (a refusal names the bound and changes nothing).
       const limits = updatedLimits(this.sizing.get(id) ?? {}, json);
-      const all = [...this.sizing.entries()].map(([k, v]) => (k === id ? limits : v));
-      if (!this.sizing.has(id)) all.push(limits);
-      await this.sandboxValue?.fit?.(all, this.closing.signal);
+      await this.sandboxValue?.fit?.([...new Map(this.sizing).set(id, limits).values()], this.closing.signal);
       await this.agent.updateContainer({ containerId: id, resources: json as Record<string, unknown> });
       this.sizing.set(id, limits);
     });

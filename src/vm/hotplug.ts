@@ -85,10 +85,13 @@ export interface HotpluggableCpu {
   'qom-path'?: string;
 }
 
+/** A CPU slot's place in the topology, outermost first: its sort key and its device id. */
+const TOPOLOGY = ['socket-id', 'die-id', 'core-id', 'thread-id'] as const;
+
 /** `device_add` arguments for `count` more vCPUs, lowest free slots first; throws if there are not enough. */
 export function cpuPlugCommands(slots: readonly HotpluggableCpu[], count: number, idPrefix = 'cpu'): Array<Record<string, unknown>> {
   const free = slots.filter((s) => s['qom-path'] === undefined && s['vcpus-count'] === 1);
-  const order = (s: HotpluggableCpu): number[] => ['socket-id', 'die-id', 'core-id', 'thread-id'].map((k) => s.props[k] ?? 0);
+  const order = (s: HotpluggableCpu): number[] => TOPOLOGY.map((k) => s.props[k] ?? 0);
   free.sort((a, b) => {
     const x = order(a);
     const y = order(b);
@@ -96,8 +99,5 @@ export function cpuPlugCommands(slots: readonly HotpluggableCpu[], count: number
     return 0;
   });
   if (free.length < count) throw new RangeError(`${count} more vCPUs asked for, ${free.length} free slots`);
-  return free.slice(0, count).map((s) => {
-    const idParts = ['socket-id', 'die-id', 'core-id', 'thread-id'].map((k) => s.props[k] ?? 0).join('-');
-    return { driver: s.type, id: `${idPrefix}-${idParts}`, ...s.props };
-  });
+  return free.slice(0, count).map((s) => ({ driver: s.type, id: `${idPrefix}-${order(s).join('-')}`, ...s.props }));
 }

@@ -37,6 +37,7 @@ import { unmountTree } from './mounts.js';
 import { dieWithParent, identify, isAlive, tailFile, terminate, waitGone } from './proc.js';
 import { buildQemuArgs, QEMU_BINARY, type MachineType, type QemuConfig } from './qemu-args.js';
 import { cpuPlugCommands, memoryStepMiB, type HotpluggableCpu } from './hotplug.js';
+import type { VmResources } from './provider.js';
 import { needsSharedMemory } from './devices/index.js';
 import { QmpClient, type QmpCallOptions, type QmpEvent, type QmpStatus } from './qmp-client.js';
 import { parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStateFile, type VmState } from './state.js';
@@ -230,7 +231,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
   private prepared: boolean;
   private stopPromise: Promise<void> | undefined;
   /** vCPUs and MiB now (boot size plus hot-plugged), and pc-dimms added. */
-  private readonly grown: { vcpus: number; memoryMiB: number };
+  private readonly grown: VmResources;
   private dimms = 0;
 
   /**
@@ -714,7 +715,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
   }
 
   /** vCPUs and MiB the VM has now (boot size plus what was hot-plugged); undefined for an attached VM. */
-  get size(): { vcpus: number; memoryMiB: number } | undefined {
+  get size(): VmResources | undefined {
     return this.plan ? { ...this.grown } : undefined;
   }
 
@@ -726,8 +727,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
    * added. FAILED_PRECONDITION when the VM has no room (microvm, or beyond
    * the room reserved at launch).
    */
-  async grow(target: { vcpus: number; memoryMiB: number }, opts: { signal?: AbortSignal } = {}): Promise<{ vcpus: number; memoryMiB: number }> {
-    const added = { vcpus: 0, memoryMiB: 0 };
+  async grow(target: VmResources, opts: { signal?: AbortSignal } = {}): Promise<VmResources> {
+    const added: VmResources = { vcpus: 0, memoryMiB: 0 };
     const cfg = this.plan?.qemuConfig;
     if (!cfg) throw new FailedPreconditionError(`vm ${this.sandboxId}: cannot grow a VM this process did not start`);
     checkOp(this.sandboxId, this.phaseValue, 'grow');
@@ -740,7 +741,6 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       // Whole guest memory blocks, never past maxmem (a target cut to the bound may not be a whole block away).
       const step = memoryStepMiB(cur.memoryMiB, target.memoryMiB, room.maxMemoryMiB);
       if (target.vcpus > room.maxVcpus) throw new FailedPreconditionError(`vm ${this.sandboxId}: ${target.vcpus} vCPUs asked for, at most ${room.maxVcpus} (maxcpus)`);
-      if (cur.memoryMiB + step > room.maxMemoryMiB) throw new FailedPreconditionError(`vm ${this.sandboxId}: ${cur.memoryMiB + step} MiB asked for, at most ${room.maxMemoryMiB} (maxmem)`);
       if (step > 0 && this.dimms >= room.memorySlots) throw new FailedPreconditionError(`vm ${this.sandboxId}: all ${room.memorySlots} memory slots are used`);
       const qmp = this.liveQmp('grow');
       const call = { signal, timeoutMs: this.timeouts.qmpCommandMs };

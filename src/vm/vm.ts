@@ -4,6 +4,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import { FailedPreconditionError } from '../errors/index.js';
+import type { VmResources } from './provider.js';
 import type { VmState } from './state.js';
 
 /**
@@ -104,10 +105,10 @@ export interface Vm extends EventEmitter<VmEvents> {
   /** A JSON-serializable record for re-attaching or cleaning up later. */
   state(): VmState;
   /** vCPUs and MiB now (boot size plus hot-plugged); undefined when unknown (an attached VM). */
-  readonly size?: { vcpus: number; memoryMiB: number } | undefined;
+  readonly size?: VmResources | undefined;
   /**
    * Hot-plugs vCPUs and memory up to at least `target` (never shrinks); what
    * was added. FAILED_PRECONDITION when the VM has no room to grow.
    */
-  grow?(target: { vcpus: number; memoryMiB: number }, opts?: { signal?: AbortSignal }): Promise<{ vcpus: number; memoryMiB: number }>;
+  grow?(target: VmResources, opts?: { signal?: AbortSignal }): Promise<VmResources>;
 }
