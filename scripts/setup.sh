@@ -10,7 +10,7 @@ APT_PACKAGES=(
   busybox-static tini             # test images and the guest root
   socat cpio lz4 e2fsprogs erofs-utils util-linux iproute2
   containernetworking-plugins     # CNI bridge, host-local, loopback for CRI pods
-  gcc libc6-dev                   # the guest's small C helpers
+  gcc libc6-dev                   # the small C helpers: the guest's, and QEMU's jailer on the host
   golang-go make python3          # critest and the real crictl (../shared/critest builds them offline)
 )
 
@@ -44,6 +44,15 @@ fi
 
 log "building"
 npm run --silent build
+
+# QEMU's jailer (src/vm/native/jailer.c): the host side's one C helper.
+mkdir -p build/host
+if [ ! -x build/host/kata-ts-jailer ] || [ src/vm/native/jailer.c -nt build/host/kata-ts-jailer ]; then
+  log "building build/host/kata-ts-jailer"
+  cc -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong \
+    -o build/host/kata-ts-jailer.tmp src/vm/native/jailer.c
+  mv build/host/kata-ts-jailer.tmp build/host/kata-ts-jailer
+fi
 
 if [ -f scripts/bundle-agent.mjs ]; then
   node scripts/bundle-agent.mjs

@@ -50,6 +50,10 @@ export interface QemuConfig {
   virtio_fs_daemon: string;
   virtio_fs_cache: VirtioFsCache;
   msize_9p: number;
+  rootless: boolean;
+  rootless_uids: string;
+  jailer_path: string;
+  seccompsandbox: string;
   valid_hypervisor_paths: string[];
   valid_kernel_paths: string[];
   valid_initrd_paths: string[];
@@ -132,6 +136,10 @@ const QEMU: Record<keyof QemuConfig, KeySpec> = {
   virtio_fs_daemon: { kind: P, def: '/usr/lib/qemu/virtiofsd', validList: 'valid_virtio_fs_daemon_paths' },
   virtio_fs_cache: { kind: { t: 'enum', values: ['auto', 'always', 'none'] }, def: 'auto' },
   msize_9p: { kind: { t: 'int', min: 4096, max: 4194304 }, def: 524288 },
+  rootless: { kind: B, def: true },
+  rootless_uids: { kind: S, def: '1879048192-1879113727' },
+  jailer_path: { kind: P, def: '' },
+  seccompsandbox: { kind: S, def: 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny' },
   valid_hypervisor_paths: { kind: LP, def: [] },
   valid_kernel_paths: { kind: LP, def: [] },
   valid_initrd_paths: { kind: LP, def: [] },

@@ -19,12 +19,13 @@ import { stringify } from 'smol-toml';
 import { configData, findConfig, loadConfig, type KataConfig } from '../config/index.js';
 import { addRuntime } from '../install/containerd-config.js';
 import {
-  bootProbe, probeCgroup2, probeContainerd, probeDevice, probeGuestFiles, probeMirred, probeQemu, probeVirtiofsd, qemuVersion,
+  bootProbe, probeCgroup2, probeContainerd, probeDevice, probeGuestFiles, probeJail, probeMirred, probeQemu, probeVirtiofsd, qemuVersion,
   type ProbeLine,
 } from './probes.js';
 
 import { factoryDestroy, factoryInit, factoryStatus, printFactoryStatus } from './factory.js';
 import { hostCapacity, hotplugRoom } from '../shim/pod-vm.js';
+import { qemuHardening } from '../shim/qemu-hardening.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
@@ -125,13 +126,14 @@ export async function check(configPath: string | undefined): Promise<CheckReport
   }
   const q = cfg.hypervisor.qemu;
   const tcfilter = cfg.runtime.internetworking_model === 'tcfilter';
-  const [qemu, kvm, tcg, mirred, vfsd, ctrd] = await Promise.all([
+  const [qemu, kvm, tcg, mirred, vfsd, ctrd, jail] = await Promise.all([
     probeQemu(cfg),
     q.machine_accelerators === 'tcg' ? Promise.resolve<ProbeLine>({ name: 'KVM', status: 'warn', detail: 'not probed (machine_accelerators = "tcg")', required: false }) : bootProbe(cfg, 'kvm'),
     q.machine_accelerators === 'kvm' ? Promise.resolve<ProbeLine>({ name: 'TCG', status: 'warn', detail: 'not probed (machine_accelerators = "kvm")', required: false }) : bootProbe(cfg, 'tcg'),
     probeMirred(tcfilter),
     probeVirtiofsd(cfg),
     probeContainerd(),
+    probeJail(cfg),
   ]);
   const probes: ProbeLine[] = [
     { name: 'config', status: 'ok', detail: `${cfg.file} (${cfg.source})`, required: true },
@@ -145,6 +147,7 @@ export async function check(configPath: string | undefined): Promise<CheckReport
     vfsd,
     ctrd,
     probeCgroup2(),
+    ...jail,
   ];
   let accelerator: 'kvm' | 'tcg' | undefined;
   if (kvm.status === 'ok' && q.machine_accelerators !== 'tcg') accelerator = 'kvm';
@@ -192,6 +195,8 @@ export async function env(configPath: string | undefined): Promise<Record<string
     },
     // What the sizing keys come to on this host (docs/sizing.md).
     sizing: podSizing(cfg),
+    // How each pod's QEMU is confined, and every setting that weakens it (docs/security.md).
+    security: qemuHardening(cfg),
     ...configData(cfg),
   };
 }

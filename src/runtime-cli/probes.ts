@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parse } from 'smol-toml';
 import type { KataConfig } from '../config/index.js';
-import { hostTscKhz, probeKvm } from '../vm/index.js';
+import { hostTscKhz, jailedCommand, parseUidRange, probeKvm } from '../vm/index.js';
+import { qemuHardening } from '../shim/qemu-hardening.js';
 
 export type Status = 'ok' | 'warn' | 'fail';
 
@@ -263,5 +264,43 @@ export function probeCgroup2(): ProbeLine {
     return { name, status: 'ok', detail: `unified hierarchy; controllers: ${ctrl || '(none)'}`, required: false };
   } catch (err) {
     return { name, status: 'warn', detail: (err as Error).message, required: false };
+  }
+}
+
+/**
+ * The jail each pod's QEMU gets (rootless): kata-ts-jailer really drops to
+ * the first uid of `rootless_uids` in a fresh jail and runs `id -u` there.
+ * Then every setting that weakens QEMU's hardening, as a warning.
+ */
+export async function probeJail(cfg: KataConfig): Promise<ProbeLine[]> {
+  const h = qemuHardening(cfg);
+  const hardening: ProbeLine = h.weakened.length === 0
+    ? { name: 'QEMU hardening', status: 'ok', detail: `own uid, no capabilities, no_new_privs, seccomp ${h.seccompsandbox}`, required: false }
+    : { name: 'QEMU hardening', status: 'warn', detail: `weakened: ${h.weakened.join('; ')}`, required: false };
+  const q = cfg.hypervisor.qemu;
+  if (!q.rootless) return [{ name: 'QEMU jail', status: 'warn', detail: 'off (rootless = false): QEMU runs as root', required: false }, hardening];
+  let uid: number;
+  try {
+    uid = parseUidRange(q.rootless_uids, 'rootless_uids').first;
+  } catch (err) {
+    return [{ name: 'QEMU jail', status: 'fail', detail: `[hypervisor.qemu] ${(err as Error).message}`, required: true }, hardening];
+  }
+  if (!existsSync(q.jailer_path)) {
+    return [{ name: 'QEMU jail', status: 'fail', detail: `[hypervisor.qemu] jailer_path = ${JSON.stringify(q.jailer_path)}: no such file (scripts/setup.sh builds it)`, required: true }, hardening];
+  }
+  const root = mkdtempSync(join(tmpdir(), 'kata-ts-jail-probe-'));
+  try {
+    const plan = { uid, gid: uid, root, readOnly: [], readWrite: [], devices: ['null'], keepCaps: [], taps: [], pdeathsig: false };
+    const cmd = jailedCommand(q.jailer_path, plan, '/usr/bin/id', ['-u']);
+    const r = await run(cmd.command, cmd.args);
+    const ok = r.code === 0 && r.stdout.trim() === String(uid);
+    return [{
+      name: 'QEMU jail',
+      status: ok ? 'ok' : 'fail',
+      detail: ok ? `${q.jailer_path}: uid ${uid} in a private root (uids ${q.rootless_uids})` : `${q.jailer_path} failed (${r.code ?? r.error}): ${(r.stderr || r.stdout).trim()}`,
+      required: true,
+    }, hardening];
+  } finally {
+    rmSync(root, { recursive: true, force: true });
   }
 }

@@ -38,7 +38,7 @@ import { AgentClient } from '../agent-client/index.js';
 import { FailedPreconditionError, InvalidArgumentError, StatusError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import {
-  BootVmProvider, followFile, mountsUnder, VM_FILES, type AccelSetting, type BootVmProviderOptions, type HotplugRoom, type MachineType, type Vm, type VmProvider, type VmResources,
+  BootVmProvider, followFile, mountsUnder, qemuFilesDir, VM_FILES, type JailSettings, type AccelSetting, type BootVmProviderOptions, type HotplugRoom, type MachineType, type Vm, type VmProvider, type VmResources,
 } from '../vm/index.js';
 import type { GuestImage } from './guest-image.js';
 
@@ -92,6 +92,10 @@ export interface SandboxVmOptions {
   qemuBinary?: string;
   /** virtiofsd binary (default /usr/lib/qemu/virtiofsd). */
   virtiofsdBinary?: string;
+  /** Jail QEMU (its own uid, no capabilities, a private root: src/vm/jail.ts); absent: QEMU runs as root. */
+  jail?: JailSettings;
+  /** QEMU's seccomp filter, `-sandbox <value>`; absent: none. */
+  seccompSandbox?: string;
   /**
    * The pod's network namespace (what CNI made, e.g. /var/run/netns/cni-…):
    * QEMU runs in it (`nsenter --net=<netns>`), so it can open the pod's tap.
@@ -166,10 +170,14 @@ export function sandboxBootOptions(image: GuestImage, o: {
   qemuBinary?: string;
   virtiofsdBinary?: string;
   sharedFs?: 'virtio-fs' | 'virtio-9p';
+  jail?: JailSettings;
+  seccompSandbox?: string;
 } = {}): BootVmProviderOptions {
   const machine = o.machine ?? 'microvm';
   return {
     ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}),
+    ...(o.jail !== undefined ? { jail: o.jail } : {}),
+    ...(o.seccompSandbox !== undefined ? { seccompSandbox: o.seccompSandbox } : {}),
     ...(o.virtiofsdBinary !== undefined ? { virtiofsdBinary: o.virtiofsdBinary } : {}),
     kernel: machine === 'microvm' ? image.vmlinux : image.bzImage,
     initrd: image.initrd,
@@ -347,7 +355,7 @@ export class SandboxVm {
     if (o.onConsoleLine) {
       // From QEMU's start, so a boot that fails is followed too; stopped after the VM
       // (cleanups run last first), reading through its open fd what the VM's stop unlinks.
-      const follower = followFile(join(o.dir, VM_FILES.console), o.onConsoleLine);
+      const follower = followFile(join(qemuFilesDir(o.dir, o.jail !== undefined), VM_FILES.console), o.onConsoleLine);
       this.push('console follower', () => follower.stop());
     }
     let vm: Vm;

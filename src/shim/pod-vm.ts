@@ -35,7 +35,9 @@ import {
 import { loadGuestImage, SandboxVm, warmUpGuest, type GuestImage, type SandboxVmOptions } from '../sandbox/index.js';
 import { TemplateFactory } from '../factory/index.js';
 import { podResources } from './pod-sizing.js';
-import { MAX_MEMORY_MIB, MAX_VCPUS, type HotplugRoom } from '../vm/index.js';
+import { MAX_MEMORY_MIB, MAX_VCPUS, parseUidRange, type HotplugRoom, type UidRange, UID_LEASE_DIR } from '../vm/index.js';
+import { runRoot } from './pod-paths.js';
+import { qemuHardening } from './qemu-hardening.js';
 import type { PodSandbox, SandboxFactory } from '../service/pod.js';
 
 export const NETWORK_STATE_FILE = 'network.json';
@@ -87,7 +89,7 @@ function guestHas9p(image: GuestImage): boolean {
 /** What of the configuration the pod VM uses: its SandboxVm options and whether it joins the pod network. */
 export interface PodVmSettings {
   image: GuestImage;
-  vm: Pick<SandboxVmOptions, 'resources' | 'hotplug' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary' | 'kernelModules' | 'sharedFs' | 'msize9p'>;
+  vm: Pick<SandboxVmOptions, 'resources' | 'hotplug' | 'machine' | 'accel' | 'kernelParams' | 'agentArgs' | 'readyTimeoutMs' | 'qemuBinary' | 'virtiofsdBinary' | 'kernelModules' | 'sharedFs' | 'msize9p' | 'jail' | 'seccompSandbox'>;
   network: boolean;
   /** [hypervisor.qemu] enable_debug: the guest console goes into the shim's log. */
   consoleToLog: boolean;
@@ -108,6 +110,8 @@ export function loadShimConfig(logger: Logger): ShimConfig {
     const cfg = loadConfig({ explicit: process.env['KATA_TS_CONFIG_PATH'] });
     if (cfg.runtime.enable_debug) logger.level = 'debug';
     logger.info({ config: cfg.file, source: cfg.source, debug: logger.level === 'debug' }, 'configuration');
+    // Anything that leaves QEMU less hardened than the default, each naming its key.
+    for (const w of qemuHardening(cfg).weakened) logger.warn({ config: cfg.file }, `QEMU hardening weakened: ${w}`);
     return { cfg };
   } catch (err) {
     logger.error({ err }, 'configuration invalid: pods will be refused');
@@ -117,6 +121,15 @@ export function loadShimConfig(logger: Logger): ShimConfig {
 
 const DEFAULT_QEMU = '/usr/bin/qemu-system-x86_64';
 const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+
+/** `rootless_uids` as a range; FAILED_PRECONDITION naming the key. */
+function rootlessUids(cfg: KataConfig): UidRange {
+  try {
+    return parseUidRange(cfg.hypervisor.qemu.rootless_uids, 'rootless_uids');
+  } catch (err) {
+    throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] ${(err as Error).message}`);
+  }
+}
 
 /** Maps the config to the VM's settings; FAILED_PRECONDITION for what SandboxVm cannot do yet. */
 export function podVmSettings(cfg: KataConfig): PodVmSettings {
@@ -134,6 +147,10 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
   if (q.shared_fs === 'virtio-fs') {
     mustExist('virtio_fs_daemon', q.virtio_fs_daemon);
     if (q.virtio_fs_cache !== 'auto') unsupported('virtio_fs_cache', q.virtio_fs_cache, 'auto');
+  }
+  if (q.rootless) {
+    if (q.jailer_path === '') throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] rootless = true needs jailer_path (kata-ts-jailer, built by scripts/setup.sh)`);
+    mustExist('jailer_path', q.jailer_path);
   }
   mustExist('kernel', q.kernel);
   mustExist('initrd', q.initrd);
@@ -164,6 +181,8 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
       ...(q.path !== DEFAULT_QEMU ? { qemuBinary: q.path } : {}),
       ...(q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD ? { virtiofsdBinary: q.virtio_fs_daemon } : {}),
       sharedFs: q.shared_fs === 'virtio-9p' ? 'virtio-9p' : 'virtio-fs',
+      ...(q.rootless ? { jail: { jailer: q.jailer_path, uids: rootlessUids(cfg), leaseDir: join(runRoot(), UID_LEASE_DIR) } } : {}),
+      ...(q.seccompsandbox !== '' ? { seccompSandbox: q.seccompsandbox } : {}),
       ...(q.shared_fs === 'virtio-9p' ? { msize9p: q.msize_9p } : {}),
     },
     network: cfg.runtime.internetworking_model === 'tcfilter',

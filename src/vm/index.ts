@@ -13,3 +13,5 @@ export * from './virtiofsd.js';
 export * from './vm.js';
 export * from './console-follow.js';
 export * from './hotplug.js';
+export * from './jail.js';
+export * from './uid-lease.js';

@@ -14,6 +14,7 @@ import { chooseAccel, type AccelChoice, type AccelSetting, type KvmProbeOptions 
 import type { BlockDeviceConfig, TapNetConfig } from './devices/index.js';
 import type { MachineType } from './qemu-args.js';
 import type { HotplugRoom } from './hotplug.js';
+import type { JailSettings } from './jail.js';
 import { QemuVm, type AgentChannelOptions, type QemuTimeouts } from './qemu.js';
 import type { VirtiofsCache } from './virtiofsd.js';
 import type { Vm } from './vm.js';
@@ -66,6 +67,10 @@ export interface BootVmProviderOptions {
   /** E.g. the read-only guest root image. */
   blockDevices?: readonly BlockDeviceConfig[];
   qemuBinary?: string;
+  /** Jail QEMU: its own uid, no capabilities, a private root (QemuVmOptions.jail). */
+  jail?: JailSettings;
+  /** QEMU's seccomp filter (QemuVmOptions.seccompSandbox). */
+  seccompSandbox?: string;
   virtiofsdBinary?: string;
   /** QEMU and virtiofsd die with this process (QemuVmOptions.dieWithParent). */
   dieWithParent?: boolean;
@@ -124,6 +129,8 @@ export class BootVmProvider implements VmProvider {
       ...(req.tapNets !== undefined ? { tapNets: req.tapNets } : {}),
       ...(req.netns !== undefined ? { netns: req.netns } : {}),
       ...(o.qemuBinary !== undefined ? { qemuBinary: o.qemuBinary } : {}),
+      ...(o.jail !== undefined ? { jail: o.jail } : {}),
+      ...(o.seccompSandbox !== undefined ? { seccompSandbox: o.seccompSandbox } : {}),
       ...(o.dieWithParent !== undefined ? { dieWithParent: o.dieWithParent } : {}),
       ...(o.memoryFile !== undefined ? { memoryFile: o.memoryFile } : {}),
       ...(o.incomingState !== undefined ? { incomingState: o.incomingState } : {}),

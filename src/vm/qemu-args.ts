@@ -64,6 +64,11 @@ export interface QemuConfig {
   incoming?: boolean;
   /** Room to grow by hot-plug (q35 only: hotplug.ts). */
   hotplug?: HotplugRoom;
+  /**
+   * QEMU's own seccomp filter, `-sandbox <value>` (Kata's `seccompsandbox`),
+   * e.g. jail.ts DEFAULT_SECCOMP_SANDBOX; absent: none.
+   */
+  seccompSandbox?: string;
 }
 
 /** Throws InvalidArgumentError naming the first bad field. */
@@ -95,6 +100,9 @@ export function validateQemuConfig(cfg: QemuConfig): void {
   }
   if (cfg.incoming !== undefined && typeof cfg.incoming !== 'boolean') throw invalid('incoming', 'must be a boolean');
   if (cfg.hotplug !== undefined) validateHotplugRoom(cfg.hotplug, cfg, MAX_VCPUS, MAX_MEMORY_MIB);
+  if (cfg.seccompSandbox !== undefined && !/^on(,[a-z]+=(allow|deny|children))*$/.test(cfg.seccompSandbox)) {
+    throw invalid('seccompSandbox', `must be "on" followed by ",<feature>=allow|deny|children" items (got ${JSON.stringify(cfg.seccompSandbox)})`);
+  }
   if (cfg.name !== undefined && !/^[A-Za-z0-9._-]{1,64}$/.test(cfg.name)) {
     throw invalid('name', `must be 1-64 letters, digits, '.', '_', '-' (got ${JSON.stringify(cfg.name)})`);
   }
@@ -119,6 +127,7 @@ export function buildQemuArgs(cfg: QemuConfig): string[] {
   if (shared || cfg.memoryFile) machine.push('memory-backend=mem');
 
   const args: string[] = [];
+  if (cfg.seccompSandbox !== undefined) args.push('-sandbox', cfg.seccompSandbox);
   if (cfg.name !== undefined) args.push('-name', `${cfg.name},debug-threads=on`);
   args.push(
     '-machine', machine.join(','),

@@ -16,7 +16,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CancelledError,
@@ -44,6 +44,10 @@ import { parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStat
 import { Virtiofsd, type VirtiofsCache } from './virtiofsd.js';
 import { checkOp, type AgentEndpoint, type PauseOptions, type ReadyProbe, type StopOptions, type Vm, type VmEvents, type VmExit, type VmPhase, type WaitReadyOptions } from './vm.js';
 import { checkAbsPath, checkString, invalid } from './validate.js';
+import { checkJailSettings, FILE_CAPS, FIRST_TAP_FD, jailedCommand, type JailPlan, type JailSettings } from './jail.js';
+import { leaseUid, releaseUid } from './uid-lease.js';
+import { listenForMigration } from './migration-sink.js';
+import { bindSelfShared } from './mounts.js';
 
 /** Spawn → QMP greeting negotiated. */
 export const QMP_CONNECT_TIMEOUT_MS = 10_000;
@@ -62,7 +66,7 @@ export const QEMU_KILL_TIMEOUT_MS = 3_000;
 /** After QMP closes, how long our child's 'exit' may take before we poll /proc instead. */
 export const CHILD_EXIT_GRACE_MS = 1_000;
 
-/** Names of the files in the sandbox dir. */
+/** Names of the files in the sandbox dir (a jailed QEMU's sockets and console are in its subdir JAIL_DIRS.qemu). */
 export const VM_FILES = {
   qmp: 'qmp.sock',
   agent: 'agent.sock',
@@ -71,7 +75,21 @@ export const VM_FILES = {
   qemuLog: 'qemu.log',
   virtiofsdLog: 'virtiofsd.log',
   state: VM_STATE_FILE,
+  migration: 'migrate.sock',
 } as const;
+
+/**
+ * A jailed QEMU's dirs in the sandbox dir: `qemu/` is the only place it may
+ * write (its uid's, 0700: sockets, console); `root/` is the empty mount point
+ * of its jail's root (mounted in its own namespace only). vm.json and
+ * qemu.log stay in the sandbox dir, which QEMU cannot see.
+ */
+export const JAIL_DIRS = { qemu: 'qemu', root: 'root' } as const;
+
+/** Where QEMU's files go: the sandbox dir, or its `qemu/` when jailed. */
+export function qemuFilesDir(dir: string, jailed: boolean): string {
+  return jailed ? join(dir, JAIL_DIRS.qemu) : dir;
+}
 
 export interface QemuTimeouts {
   qmpConnectMs: number;
@@ -152,6 +170,10 @@ export interface QemuVmOptions extends MachineOptions {
   incomingState?: string;
   /** Default `qemu-system-x86_64` from PATH. */
   qemuBinary?: string;
+  /** Run QEMU as its own uid in a jail (jail.ts); absent: as this process's user. */
+  jail?: JailSettings;
+  /** QEMU's seccomp filter (QemuConfig.seccompSandbox). */
+  seccompSandbox?: string;
   /**
    * QEMU and virtiofsd die with the process that started them (SIGKILL via
    * PR_SET_PDEATHSIG), so that a VM never outlives its shim (kata-containers#2198).
@@ -177,6 +199,7 @@ interface Plan {
   nsenter: string;
   dieWithParent: boolean;
   incomingState: string | undefined;
+  jail: Required<JailSettings> | undefined;
 }
 
 /** Restore: migrate-incoming → the VM running (the state is a few hundred KB; RAM is not in it). */
@@ -184,10 +207,21 @@ export const QEMU_RESTORE_TIMEOUT_MS = 30_000;
 /** Save: stop → migrate → completed. */
 export const QEMU_SAVE_TIMEOUT_MS = 60_000;
 
-/** A state file QEMU reads or writes through `exec:` (a shell runs it): no characters the shell would read. */
+/** A template's state file: the shim reads it (QEMU gets it as fd 3) and writes it (from QEMU's migration socket). */
 function checkStatePath(path: string, field: string): void {
   checkAbsPath(path, field);
-  if (!/^[A-Za-z0-9._/+-]+$/.test(path)) throw invalid(field, `must be letters, digits and ._/+- only (got ${JSON.stringify(path)})`);
+}
+
+/** The descriptor a restoring QEMU reads its incoming state from (`migrate-incoming fd:3`). */
+const INCOMING_STATE_FD = 3;
+
+/** `name` as spawn would find it on PATH (the jailer execs an absolute path only). */
+function resolveOnPath(name: string): string {
+  if (name.includes('/')) return name;
+  for (const d of (process.env['PATH'] ?? '').split(':')) {
+    if (d !== '' && isFile(join(d, name))) return join(d, name);
+  }
+  throw new FailedPreconditionError(`${name}: not found on PATH`);
 }
 
 /**
@@ -233,6 +267,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
   /** vCPUs and MiB now (boot size plus hot-plugged), and pc-dimms added. */
   private readonly grown: VmResources;
   private dimms = 0;
+  /** A template's memory file handed to the jailed uid for the boot; given back to root at teardown. */
+  private lentMemoryFile: string | undefined;
 
   /**
    * Validates the options (INVALID_ARGUMENT naming the field) without touching
@@ -270,21 +306,27 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     this.log = opts.logger.child({ module: 'vm', sandbox: opts.sandboxId });
     this.timeouts = { ...DEFAULT_QEMU_TIMEOUTS, ...opts.timeouts };
     const machine = opts.machine ?? 'microvm';
+    const jail = opts.jail ? checkJailSettings(opts.jail, 'jail') : undefined;
     const f = (name: string): string => join(opts.dir, name);
+    // A jailed QEMU's sockets and console: in the one dir it may write.
+    const q = (name: string): string => join(qemuFilesDir(opts.dir, jail !== undefined), name);
     const devices: DeviceConfig[] = [];
     const agentOpt: AgentChannelOptions = opts.agent ?? { transport: 'virtio-serial' };
     let agent: AgentEndpoint;
     const files: string[] = [VM_FILES.qmp, VM_FILES.console, VM_FILES.qemuLog, VM_FILES.state, `${VM_FILES.state}.tmp`];
     if (agentOpt.transport === 'virtio-serial') {
       const portName = agentOpt.portName ?? DEFAULT_AGENT_PORT_NAME;
-      agent = { transport: 'virtio-serial', socketPath: f(VM_FILES.agent), portName };
+      agent = { transport: 'virtio-serial', socketPath: q(VM_FILES.agent), portName };
       devices.push({ kind: 'agent-channel', transport: 'virtio-serial', socketPath: agent.socketPath, portName });
       files.push(VM_FILES.agent);
     } else {
       agent = { transport: 'vsock', guestCid: agentOpt.guestCid };
       devices.push({ kind: 'agent-channel', transport: 'vsock', guestCid: agentOpt.guestCid });
     }
-    devices.push(...(opts.blockDevices ?? []), ...(opts.tapNets ?? []));
+    if (jail) files.push(JAIL_DIRS.qemu, JAIL_DIRS.root);
+    // A jailed QEMU cannot open a tap: the jailer opens each as a descriptor it inherits.
+    const taps = (opts.tapNets ?? []).map((t, i) => (jail && t.ifname !== undefined ? { ...t, fd: FIRST_TAP_FD + i } : t));
+    devices.push(...(opts.blockDevices ?? []), ...taps);
     // virtio-fs last: a VM template has no virtio-fs device (QEMU cannot migrate
     // vhost-user-fs), and its clones add it after the template's devices, in the
     // next free virtio-mmio slot, so that every device before it matches.
@@ -294,7 +336,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       if (opts.sharedFs.kind === 'virtio-9p') {
         devices.push({ kind: 'shared-9p', path: opts.sharedFs.sharedDir, tag });
       } else {
-        devices.push({ kind: 'shared-fs', socketPath: f(VM_FILES.virtiofsd), tag });
+        devices.push({ kind: 'shared-fs', socketPath: q(VM_FILES.virtiofsd), tag });
         files.push(VM_FILES.virtiofsd, VM_FILES.virtiofsdLog);
       }
     }
@@ -308,23 +350,25 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       ...(opts.initrd !== undefined ? { initrd: opts.initrd } : {}),
       ...(opts.kernelParams !== undefined ? { kernelParams: opts.kernelParams } : {}),
       ...(tscKhz !== undefined ? { tscKhz } : {}),
-      consoleLog: f(VM_FILES.console),
-      qmpSocket: f(VM_FILES.qmp),
+      consoleLog: q(VM_FILES.console),
+      qmpSocket: q(VM_FILES.qmp),
       devices,
       name: `sandbox-${opts.sandboxId.slice(0, 32)}`,
       ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
       ...(opts.incomingState !== undefined ? { incoming: true } : {}),
       ...(opts.hotplug !== undefined ? { hotplug: opts.hotplug } : {}),
+      ...(opts.seccompSandbox !== undefined ? { seccompSandbox: opts.seccompSandbox } : {}),
     };
     buildQemuArgs(qemuConfig); // validate now: a bad config fails before anything exists
     this.plan = {
       qemuConfig,
-      binary: opts.qemuBinary ?? QEMU_BINARY,
+      binary: jail ? resolveOnPath(opts.qemuBinary ?? QEMU_BINARY) : opts.qemuBinary ?? QEMU_BINARY,
       sharedFs: opts.sharedFs,
       netns: opts.netns,
       nsenter: opts.nsenterBinary ?? 'nsenter',
       dieWithParent: opts.dieWithParent ?? false,
       incomingState: opts.incomingState,
+      jail,
     };
     this.st = {
       version: VM_STATE_VERSION,
@@ -532,10 +576,11 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         throw new FailedPreconditionError(`vm ${this.sandboxId}: netns: ${plan.netns}: no such network namespace`);
       }
       this.prepareDir();
+      if (plan.jail) await this.prepareJail(plan.jail, plan);
       if (plan.sharedFs && plan.sharedFs.kind !== 'virtio-9p') {
         const sf = plan.sharedFs;
         this.virtiofsd = await Virtiofsd.start({
-          socketPath: join(this.st.dir, VM_FILES.virtiofsd),
+          socketPath: join(qemuFilesDir(this.st.dir, plan.jail !== undefined), VM_FILES.virtiofsd),
           sharedDir: sf.sharedDir,
           logFile: join(this.st.dir, VM_FILES.virtiofsdLog),
           logger: this.log,
@@ -547,8 +592,10 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
           dieWithParent: plan.dieWithParent,
         });
         this.st.virtiofsd = this.virtiofsd.state();
-        this.st.mounts = [...this.st.virtiofsd.mounts];
+        this.st.mounts = [...this.st.mounts, ...this.st.virtiofsd.mounts];
         writeStateFile(this.st);
+        // virtiofsd (root) made the socket; the jailed QEMU must be able to connect to it.
+        if (this.st.jail) chownSync(this.st.virtiofsd.socketPath, this.st.jail.uid, this.st.jail.gid);
       }
       this.spawnQemu(plan);
       const qmp = await this.connectQmp(sig);
@@ -605,18 +652,94 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     writeStateFile(this.st);
   }
 
+  /**
+   * Leases the jailed QEMU's uid (recorded at once: a shim killed now still
+   * gives it back through cleanupFromState) and makes the dirs it gets.
+   */
+  private async prepareJail(jail: Required<JailSettings>, plan: Plan): Promise<void> {
+    const uid = await leaseUid({ dir: jail.leaseDir, range: jail.uids, sandboxId: this.sandboxId, vmDir: this.st.dir });
+    this.st.jail = { uid, gid: uid, leaseDir: jail.leaseDir };
+    writeStateFile(this.st);
+    const qdir = join(this.st.dir, JAIL_DIRS.qemu);
+    mkdirSync(qdir, { mode: 0o700 });
+    chownSync(qdir, uid, uid);
+    mkdirSync(join(this.st.dir, JAIL_DIRS.root), { mode: 0o700 });
+    const mem = plan.qemuConfig.memoryFile;
+    if (mem?.share && !existsSync(mem.path)) {
+      // A template's RAM file: QEMU fills it; lent to its uid for the boot only.
+      writeFileSync(mem.path, '', { mode: 0o600, flag: 'wx' });
+      chownSync(mem.path, uid, uid);
+      this.lentMemoryFile = mem.path;
+    }
+    const sf = plan.sharedFs;
+    if (sf?.kind === 'virtio-9p') {
+      // QEMU serves it from its own mount namespace: later binds under it (a
+      // container's rootfs) reach QEMU only if the dir is a shared mount.
+      await bindSelfShared(sf.sharedDir);
+      this.st.mounts.push(sf.sharedDir);
+      writeStateFile(this.st);
+    }
+    this.log.info({ uid, leaseDir: jail.leaseDir }, 'qemu jailed: own uid, no capabilities');
+  }
+
+  /** What the jailed QEMU gets: its files, devices, taps and, for 9p and clones, file capabilities. */
+  private jailPlan(plan: Plan): JailPlan {
+    const cfg = plan.qemuConfig;
+    const j = this.st.jail!;
+    const readOnly = [cfg.kernel, ...(cfg.initrd !== undefined ? [cfg.initrd] : [])];
+    const readWrite = [join(this.st.dir, JAIL_DIRS.qemu)];
+    const taps: JailPlan['taps'] = [];
+    let vhost = false;
+    let serves9p = false;
+    for (const d of cfg.devices) {
+      if (d.kind === 'block') (d.readOnly ?? true ? readOnly : readWrite).push(d.path);
+      if (d.kind === 'tap-net' && d.fd !== undefined && d.ifname !== undefined) taps.push({ fd: d.fd, ifname: d.ifname });
+      if (d.kind === 'tap-net' && d.vhost) vhost = true;
+      if (d.kind === 'shared-9p') {
+        readWrite.push(d.path);
+        serves9p = true;
+      }
+    }
+    if (cfg.memoryFile) readWrite.push(cfg.memoryFile.path);
+    // 9p: QEMU acts on the pod's files with the guest's ownership. A clone: QEMU
+    // 7.2 opens the template's RAM file read-write (never writing it: MAP_PRIVATE).
+    const fileCaps = serves9p || (cfg.memoryFile !== undefined && !cfg.memoryFile.share);
+    return {
+      uid: j.uid,
+      gid: j.gid,
+      root: join(this.st.dir, JAIL_DIRS.root),
+      readOnly,
+      readWrite,
+      devices: ['null', 'zero', 'urandom', ...(cfg.accel === 'kvm' ? ['kvm'] : []), ...(vhost ? ['vhost-net'] : [])],
+      keepCaps: fileCaps ? FILE_CAPS : [],
+      taps,
+      ...(plan.netns !== undefined ? { netns: plan.netns } : {}),
+      pdeathsig: plan.dieWithParent,
+    };
+  }
+
   private spawnQemu(plan: Plan): void {
     const qemuArgs = buildQemuArgs(plan.qemuConfig);
-    const launch = qemuLaunchCommand(plan.binary, qemuArgs, plan.netns, plan.nsenter);
-    const { command, args } = plan.dieWithParent ? dieWithParent(launch.command, launch.args) : launch;
+    let launch: { command: string; args: string[] };
+    if (plan.jail) {
+      // The jailer enters the netns and sets the parent-death signal itself (a uid change clears it).
+      launch = jailedCommand(plan.jail.jailer, this.jailPlan(plan), plan.binary, qemuArgs);
+    } else {
+      const l = qemuLaunchCommand(plan.binary, qemuArgs, plan.netns, plan.nsenter);
+      launch = plan.dieWithParent ? dieWithParent(l.command, l.args) : l;
+    }
+    const { command, args } = launch;
     const logFd = openSync(this.st.qemuLog, 'a', 0o600);
+    const stateFd = plan.incomingState !== undefined ? openSync(plan.incomingState, 'r') : undefined;
     let child: ChildProcess;
     try {
       // detached: setsid(), so QEMU has its own session and process group
       // (and outlives its starter unless dieWithParent); stdio to a file, never a pipe to us.
-      child = spawn(command, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+      // A clone reads its template's state from fd 3 (no shell: seccomp forbids spawning).
+      child = spawn(command, args, { detached: true, stdio: ['ignore', logFd, logFd, ...(stateFd !== undefined ? [stateFd] : [])] });
     } finally {
       closeSync(logFd);
+      if (stateFd !== undefined) closeSync(stateFd);
     }
     // The child handle stays ref'd: while we watch QEMU, its 'exit' must be
     // delivered even when nothing else keeps the event loop alive. Detached,
@@ -662,7 +785,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     await withDeadline(`vm ${this.sandboxId}: restore ${stateFile}`, QEMU_RESTORE_TIMEOUT_MS, signal, async (sig) => {
       const call = { signal: sig, timeoutMs: this.timeouts.qmpCommandMs };
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, call);
-      await qmp.execute('migrate-incoming', { uri: `exec:cat ${stateFile}` }, call);
+      await qmp.execute('migrate-incoming', { uri: `fd:${INCOMING_STATE_FD}` }, call);
       let interval = 5;
       for (;;) {
         const s = await qmp.queryStatus(call);
@@ -696,22 +819,35 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         await qmp.stop(call);
         if (this.phaseValue === 'running') this.phaseValue = 'paused';
         await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, call);
-        await qmp.execute('migrate', { uri: `exec:cat > ${stateFile}` }, call);
-        let interval = 5;
-        for (;;) {
-          const m = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate', undefined, call);
-          if (m.status === 'completed') break;
-          if (m.status === 'failed' || m.status === 'cancelled') {
-            throw new InternalError(`vm ${this.sandboxId}: save state: migration ${m.status}${m['error-desc'] ? `: ${m['error-desc']}` : ''}`);
-          }
-          await sleep(interval, sig, 'save state');
-          interval = Math.min(interval * 2, 50);
+        // QEMU streams to a socket in its own dir; we write the file.
+        const socketPath = join(qemuFilesDir(this.st.dir, this.st.jail !== undefined), VM_FILES.migration);
+        const sink = await listenForMigration(socketPath, stateFile, this.st.jail);
+        try {
+          await qmp.execute('migrate', { uri: `unix:${socketPath}` }, call);
+          await this.waitMigrated(qmp, call, sig);
+          await Promise.race([sink.done, new Promise((_, reject) => sig.addEventListener('abort', () => reject(abortError(sig, 'save state')), { once: true }))]);
+        } finally {
+          await sink.close();
         }
       });
     });
     const ms = Date.now() - t0;
     this.log.info({ ms, state: stateFile }, 'vm state saved');
     return { ms };
+  }
+
+  /** Polls `query-migrate` until the outgoing migration completed. */
+  private async waitMigrated(qmp: QmpClient, call: QmpCallOptions, sig: AbortSignal): Promise<void> {
+    let interval = 5;
+    for (;;) {
+      const m = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate', undefined, call);
+      if (m.status === 'completed') return;
+      if (m.status === 'failed' || m.status === 'cancelled') {
+        throw new InternalError(`vm ${this.sandboxId}: save state: migration ${m.status}${m['error-desc'] ? `: ${m['error-desc']}` : ''}`);
+      }
+      await sleep(interval, sig, 'save state');
+      interval = Math.min(interval * 2, 50);
+    }
   }
 
   /** vCPUs and MiB the VM has now (boot size plus what was hot-plugged); undefined for an attached VM. */
@@ -897,8 +1033,10 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     if (this.virtiofsd) await this.virtiofsd.stop();
     for (const m of this.st.mounts) await unmountTree(m);
     if (!this.prepared) return; // the dir's files are not ours (start failed its checks)
+    if (this.lentMemoryFile !== undefined && existsSync(this.lentMemoryFile)) chownSync(this.lentMemoryFile, 0, 0);
     const report = { removed: [] as string[], leftMounts: [] as string[] };
     removeVmFiles(this.st, report, this.log);
+    if (this.st.jail) await releaseUid(this.st.jail.leaseDir, this.st.jail.uid, this.sandboxId);
     if (report.leftMounts.length > 0) {
       throw new FailedPreconditionError(`vm ${this.sandboxId}: mounts left under ${this.st.dir}: ${report.leftMounts.join(', ')}`);
     }

@@ -15,6 +15,7 @@ import { mountsUnder, unmountTree } from './mounts.js';
 import { isAlive, readStat, terminate, type ProcessIdentity } from './proc.js';
 import type { Accelerator, MachineType } from './qemu-args.js';
 import { stopVirtiofsd, type VirtiofsdState } from './virtiofsd.js';
+import { releaseUid } from './uid-lease.js';
 import type { AgentEndpoint } from './vm.js';
 
 export const VM_STATE_VERSION = 1;
@@ -47,6 +48,8 @@ export interface VmState {
   mounts: string[];
   /** The network namespace QEMU runs in (not the VM's to remove: whoever made it does). */
   netns?: string;
+  /** A jailed QEMU's uid (= gid) and where its lease is (given back when the VM is gone). */
+  jail?: { uid: number; gid: number; leaseDir: string };
   /** ISO time the record was first written. */
   createdAt: string;
 }
@@ -79,6 +82,10 @@ export function parseVmState(value: unknown): VmState {
   if (o['netns'] !== undefined) need(isStr(o['netns']), 'netns', 'must be a non-empty string');
   if (o['qemu'] !== undefined) {
     need(isIdentity(o['qemu']) && isStr((o['qemu'] as unknown as Record<string, unknown>)['binary']), 'qemu', 'must hold pid, startTime, binary');
+  }
+  if (o['jail'] !== undefined) {
+    const j = o['jail'] as Record<string, unknown>;
+    need(typeof j === 'object' && j !== null && Number.isInteger(j['uid']) && (j['uid'] as number) > 0 && Number.isInteger(j['gid']) && (j['gid'] as number) > 0 && isStr(j['leaseDir']), 'jail', 'must hold uid, gid (above 0) and leaseDir');
   }
   if (o['virtiofsd'] !== undefined) {
     const v = o['virtiofsd'] as Record<string, unknown>;
@@ -172,6 +179,7 @@ export async function cleanupFromState(state: VmState, opts: CleanupOptions): Pr
   for (const m of ownMounts) await unmountTree(m);
   report.unmounted.push(...mountedBefore);
   removeVmFiles(st, report, log);
+  if (st.jail) await releaseUid(st.jail.leaseDir, st.jail.uid, st.sandboxId);
   log.info({ killed: report.killed, skipped: report.skipped }, 'vm cleaned up from state');
   return report;
 }
@@ -191,7 +199,8 @@ export function removeVmFiles(st: VmState, report: Pick<CleanupReport, 'removed'
   for (const f of st.files) {
     // Only plain names inside dir: a tampered record cannot point elsewhere.
     if (basename(f) !== f) continue;
-    rmSync(join(st.dir, f), { force: true });
+    // A jailed QEMU's dirs (qemu/, root/) too: nothing is mounted there (checked above).
+    rmSync(join(st.dir, f), { force: true, recursive: true });
     report.removed.push(join(st.dir, f));
   }
 }

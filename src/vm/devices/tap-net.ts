@@ -1,7 +1,7 @@
 /**
  * A virtio-net NIC on an existing tap device, given by name (the network
- * layer creates the tap in the pod's netns and starts QEMU there). QEMU runs
- * no scripts.
+ * layer creates the tap in the pod's netns and starts QEMU there), or by a
+ * descriptor QEMU inherits (a jailed QEMU: jail.ts). QEMU runs no scripts.
  */
 import { checkInt, checkQemuId, checkString, invalid } from '../validate.js';
 import { virtioDevice, type DeviceKind } from './types.js';
@@ -17,6 +17,11 @@ export interface TapNetConfig {
    * have the same device set.
    */
   ifname?: string;
+  /**
+   * The tap as a descriptor QEMU inherits (`-netdev tap,fd=N`): a jailed
+   * QEMU cannot open taps itself; kata-ts-jailer opens `ifname` as fd N.
+   */
+  fd?: number;
   /** Guest MAC, e.g. 52:54:00:12:34:56. */
   mac?: string;
   /** vhost-net acceleration (needs /dev/vhost-net). */
@@ -41,6 +46,10 @@ export const tapNet: DeviceKind<TapNetConfig> = {
       throw invalid(`${field}.mac`, `must look like 52:54:00:12:34:56 (got ${JSON.stringify(cfg.mac)})`);
     }
     if (cfg.mtu !== undefined) checkInt(cfg.mtu, `${field}.mtu`, 68, 65535);
+    if (cfg.fd !== undefined) {
+      checkInt(cfg.fd, `${field}.fd`, 3, 1023);
+      if (cfg.ifname === undefined) throw invalid(`${field}.fd`, 'needs ifname (the tap the descriptor is opened on)');
+    }
   },
 
   ids: (cfg) => [cfg.id],
@@ -50,7 +59,11 @@ export const tapNet: DeviceKind<TapNetConfig> = {
     const mac = cfg.mac === undefined ? '' : `,mac=${cfg.mac.toLowerCase()}`;
     const mtu = cfg.mtu === undefined ? '' : `,host_mtu=${cfg.mtu}`;
     return [
-      '-netdev', cfg.ifname === undefined ? `hubport,id=${cfg.id},hubid=0` : `tap,id=${cfg.id},ifname=${cfg.ifname},script=no,downscript=no${vhost}`,
+      '-netdev', cfg.ifname === undefined
+        ? `hubport,id=${cfg.id},hubid=0`
+        : cfg.fd !== undefined
+          ? `tap,id=${cfg.id},fd=${cfg.fd}${vhost}`
+          : `tap,id=${cfg.id},ifname=${cfg.ifname},script=no,downscript=no${vhost}`,
       '-device', `${virtioDevice('virtio-net', ctx.machine)},netdev=${cfg.id}${mac}${mtu}`,
     ];
   },

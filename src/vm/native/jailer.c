@@ -1,0 +1,342 @@
+/*
+ * kata-ts-jailer: starts a pod's QEMU with least privilege, in the spirit of
+ * Firecracker's jailer. It runs as root (the shim starts it), does what needs
+ * privilege, then execs the VMM (same pid, same start time) as an
+ * unprivileged user that owns nothing on the host:
+ *
+ *   1. --netns PATH       setns(2) into the pod's network namespace;
+ *   2. --tap FD:IFNAME    opens each pod tap there (/dev/net/tun, TUNSETIFF
+ *                         IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) as descriptor FD,
+ *                         for QEMU's `-netdev tap,fd=FD`;
+ *   3. a mount namespace  (every mount a slave: later host mounts under a
+ *                         shared source, such as a pod's shared dir, still
+ *                         propagate in; nothing propagates out) whose root is
+ *                         a fresh tmpfs on --root DIR holding only:
+ *        --bind-ro PATH   PATH, read-only, nosuid, nodev (QEMU's binaries
+ *                         and libraries under /usr, the guest image);
+ *        --bind PATH      PATH, read-write, nosuid, nodev, noexec (the pod's
+ *                         QEMU dir);
+ *        --symlink L=T    a symlink L -> T (merged /usr: /lib -> usr/lib);
+ *        --dev NAME       /dev/NAME made with mknod from the host's node:
+ *                         null, zero, full, random, urandom are 0666; kvm,
+ *                         vhost-net are 0600 and owned by --uid;
+ *      then pivot_root(2) into it, the old root detached, and the new root
+ *      remounted read-only. Each PATH lands at the same path inside, so
+ *      QEMU's command line needs no translation. Bind points must not nest;
+ *   4. credentials: every capability dropped from the bounding set but the
+ *      --keep-cap ones, supplementary groups set to --groups (default none),
+ *      then setresgid(--gid) and setresuid(--uid): no capability survives
+ *      unless kept (then in the ambient set, so that it survives the exec);
+ *   5. PR_SET_NO_NEW_PRIVS, and with --pdeathsig PR_SET_PDEATHSIG(SIGKILL)
+ *      (set after the uid change, which clears it);
+ *   6. execv(PROGRAM, ARGS).
+ *
+ * Usage: kata-ts-jailer --uid N --gid N [--groups N,N...] [--netns PATH]
+ *          [--tap FD:IFNAME]... [--root DIR [--bind-ro PATH]... [--bind PATH]...
+ *          [--symlink L=T]... [--dev NAME]...] [--keep-cap NAME]... [--pdeathsig]
+ *          -- PROGRAM ARGS...
+ *
+ * On failure: one line "kata-ts-jailer: <step>: <reason>" on stderr (QEMU's
+ * log) and exit status 126, before anything runs as the jailed user.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define MAX_ITEMS 64
+#define EXIT_JAIL 126
+
+static void die(const char *fmt, ...) {
+  int e = errno;
+  va_list ap;
+  fputs("kata-ts-jailer: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  if (e) fprintf(stderr, ": %s", strerror(e));
+  fputc('\n', stderr);
+  exit(EXIT_JAIL);
+}
+
+#define DIE(...) do { errno = 0; die(__VA_ARGS__); } while (0)
+
+struct tap { int fd; const char *name; };
+
+struct opts {
+  long uid, gid;
+  gid_t groups[MAX_ITEMS];
+  int ngroups;
+  const char *netns;
+  struct tap taps[MAX_ITEMS];
+  int ntaps;
+  const char *root;
+  const char *binds_ro[MAX_ITEMS];
+  int nbinds_ro;
+  const char *binds_rw[MAX_ITEMS];
+  int nbinds_rw;
+  const char *symlinks[MAX_ITEMS];
+  int nsymlinks;
+  const char *devs[MAX_ITEMS];
+  int ndevs;
+  int keep[MAX_ITEMS];
+  int nkeep;
+  int pdeathsig;
+  char **argv;
+};
+
+static long number(const char *s, const char *what, long min, long max) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || end == s || v < min || v > max) DIE("%s: not a number in [%ld, %ld]: %s", what, min, max, s);
+  return v;
+}
+
+static void add(const char **list, int *n, const char *v, const char *what) {
+  if (*n >= MAX_ITEMS) DIE("too many %s", what);
+  if (v[0] != '/' && strcmp(what, "--dev") != 0) DIE("%s: not an absolute path: %s", what, v);
+  list[(*n)++] = v;
+}
+
+static const struct { const char *name; int cap; } CAPS[] = {
+  { "chown", CAP_CHOWN },
+  { "dac_override", CAP_DAC_OVERRIDE },
+  { "fowner", CAP_FOWNER },
+  { "fsetid", CAP_FSETID },
+};
+
+static void parse(int argc, char **argv, struct opts *o) {
+  memset(o, 0, sizeof *o);
+  o->uid = o->gid = -1;
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) { i++; break; }
+    if (strcmp(a, "--pdeathsig") == 0) { o->pdeathsig = 1; continue; }
+    if (i + 1 >= argc) DIE("%s: needs a value", a);
+    const char *v = argv[++i];
+    if (strcmp(a, "--uid") == 0) o->uid = number(v, a, 1, 0xfffffffeL);
+    else if (strcmp(a, "--gid") == 0) o->gid = number(v, a, 1, 0xfffffffeL);
+    else if (strcmp(a, "--groups") == 0) {
+      char *copy = strdup(v), *save = NULL;
+      for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (o->ngroups >= MAX_ITEMS) DIE("too many --groups");
+        o->groups[o->ngroups++] = (gid_t)number(t, a, 1, 0xfffffffeL);
+      }
+    } else if (strcmp(a, "--netns") == 0) o->netns = v;
+    else if (strcmp(a, "--tap") == 0) {
+      const char *colon = strchr(v, ':');
+      if (!colon || colon == v || strlen(colon + 1) == 0 || strlen(colon + 1) >= IFNAMSIZ) DIE("--tap: want FD:IFNAME, got %s", v);
+      if (o->ntaps >= MAX_ITEMS) DIE("too many --tap");
+      char fd[16];
+      size_t n = (size_t)(colon - v);
+      if (n >= sizeof fd) DIE("--tap: bad descriptor in %s", v);
+      memcpy(fd, v, n);
+      fd[n] = 0;
+      o->taps[o->ntaps].fd = (int)number(fd, "--tap descriptor", 3, 1023);
+      o->taps[o->ntaps].name = colon + 1;
+      o->ntaps++;
+    } else if (strcmp(a, "--root") == 0) o->root = v;
+    else if (strcmp(a, "--bind-ro") == 0) add(o->binds_ro, &o->nbinds_ro, v, a);
+    else if (strcmp(a, "--bind") == 0) add(o->binds_rw, &o->nbinds_rw, v, a);
+    else if (strcmp(a, "--symlink") == 0) add(o->symlinks, &o->nsymlinks, v, a);
+    else if (strcmp(a, "--dev") == 0) add(o->devs, &o->ndevs, v, a);
+    else if (strcmp(a, "--keep-cap") == 0) {
+      int found = -1;
+      for (size_t k = 0; k < sizeof CAPS / sizeof CAPS[0]; k++) if (strcmp(v, CAPS[k].name) == 0) found = CAPS[k].cap;
+      if (found < 0) DIE("--keep-cap: %s is not one a VMM may keep (chown, dac_override, fowner, fsetid)", v);
+      if (o->nkeep >= MAX_ITEMS) DIE("too many --keep-cap");
+      o->keep[o->nkeep++] = found;
+    } else DIE("unknown option %s", a);
+  }
+  if (o->uid < 0 || o->gid < 0) DIE("--uid and --gid are required (and never 0)");
+  if (i >= argc) DIE("no program after --");
+  if (argv[i][0] != '/') DIE("program must be an absolute path: %s", argv[i]);
+  if (!o->root && (o->nbinds_ro || o->nbinds_rw || o->nsymlinks || o->ndevs)) DIE("--bind, --symlink and --dev need --root");
+  o->argv = argv + i;
+}
+
+static void enter_netns(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("netns %s", path);
+  if (setns(fd, CLONE_NEWNET) < 0) die("setns %s", path);
+  close(fd);
+}
+
+static void open_tap(const struct tap *t) {
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  if (fd < 0) die("tap %s: open /dev/net/tun", t->name);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  strncpy(ifr.ifr_name, t->name, IFNAMSIZ - 1);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("tap %s: TUNSETIFF", t->name);
+  if (fd != t->fd) {
+    /* dup2 clears close-on-exec on the copy: QEMU inherits it. */
+    if (dup2(fd, t->fd) < 0) die("tap %s: dup2 to %d", t->name, t->fd);
+    close(fd);
+  } else if (fcntl(fd, F_SETFD, 0) < 0) die("tap %s: clear close-on-exec", t->name);
+}
+
+/* mkdir -p of PATH (absolute) under ROOT; the last component a directory, or an empty file. */
+static void make_point(const char *root, const char *path, int as_file) {
+  char buf[4096];
+  if (snprintf(buf, sizeof buf, "%s%s", root, path) >= (int)sizeof buf) DIE("path too long: %s", path);
+  size_t rootlen = strlen(root);
+  for (char *p = buf + rootlen + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(buf, 0755) < 0 && errno != EEXIST) die("mkdir %s", buf);
+    *p = '/';
+  }
+  if (as_file) {
+    int fd = open(buf, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) die("create %s", buf);
+    close(fd);
+  } else if (mkdir(buf, 0755) < 0 && errno != EEXIST) die("mkdir %s", buf);
+}
+
+static void bind_in(const char *root, const char *path, int readonly) {
+  struct stat st;
+  if (stat(path, &st) < 0) die("bind %s", path);
+  make_point(root, path, !S_ISDIR(st.st_mode));
+  char dst[4096];
+  snprintf(dst, sizeof dst, "%s%s", root, path);
+  if (mount(path, dst, NULL, MS_BIND | MS_REC, NULL) < 0) die("bind %s", path);
+  unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (readonly ? MS_RDONLY : MS_NOEXEC);
+  if (mount(NULL, dst, NULL, flags, NULL) < 0) die("remount %s %s", path, readonly ? "read-only" : "nosuid,nodev,noexec");
+}
+
+static void symlink_in(const char *root, const char *spec) {
+  const char *eq = strchr(spec, '=');
+  if (!eq || eq[1] == 0) DIE("--symlink: want LINK=TARGET, got %s", spec);
+  char link[4096];
+  int n = snprintf(link, sizeof link, "%s%.*s", root, (int)(eq - spec), spec);
+  if (n >= (int)sizeof link) DIE("path too long: %s", spec);
+  if (symlink(eq + 1, link) < 0) die("symlink %s", spec);
+}
+
+static void make_dev(const char *root, const char *name, uid_t uid, gid_t gid) {
+  static const char *const open_to_all[] = { "null", "zero", "full", "random", "urandom" };
+  static const char *const owned[] = { "kvm", "vhost-net" };
+  int shared = 0, own = 0;
+  for (size_t i = 0; i < sizeof open_to_all / sizeof open_to_all[0]; i++) if (strcmp(name, open_to_all[i]) == 0) shared = 1;
+  for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++) if (strcmp(name, owned[i]) == 0) own = 1;
+  if (!shared && !own) DIE("--dev: %s is not a device a VMM gets", name);
+  char host[64], dst[4096];
+  snprintf(host, sizeof host, "/dev/%s", name);
+  struct stat st;
+  if (stat(host, &st) < 0) die("device %s", host);
+  if (!S_ISCHR(st.st_mode)) DIE("device %s: not a character device", host);
+  make_point(root, "/dev/.", 0);
+  snprintf(dst, sizeof dst, "%s/dev/%s", root, name);
+  if (mknod(dst, S_IFCHR | (shared ? 0666 : 0600), st.st_rdev) < 0) die("mknod %s", dst);
+  if (chmod(dst, shared ? 0666 : 0600) < 0) die("chmod %s", dst); /* mknod honours the umask */
+  if (own && chown(dst, uid, gid) < 0) die("chown %s", dst);
+}
+
+static void jail(const struct opts *o) {
+  if (unshare(CLONE_NEWNS) < 0) die("unshare mount namespace");
+  /* Slaves: host mounts under a shared source keep arriving; ours never leave. */
+  if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / a slave");
+  const char *root = o->root;
+  if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=256k,nr_inodes=1024") < 0) die("tmpfs on %s", root);
+  /* The device nodes need a root without nodev: a tmpfs of its own under /dev. */
+  for (int i = 0; i < o->nbinds_ro; i++) bind_in(root, o->binds_ro[i], 1);
+  for (int i = 0; i < o->nbinds_rw; i++) bind_in(root, o->binds_rw[i], 0);
+  for (int i = 0; i < o->nsymlinks; i++) symlink_in(root, o->symlinks[i]);
+  if (o->ndevs > 0) {
+    char dev[4096];
+    snprintf(dev, sizeof dev, "%s/dev", root);
+    if (mkdir(dev, 0755) < 0 && errno != EEXIST) die("mkdir %s", dev);
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64") < 0) die("tmpfs on %s", dev);
+    for (int i = 0; i < o->ndevs; i++) make_dev(root, o->devs[i], (uid_t)o->uid, (gid_t)o->gid);
+    if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) < 0) die("remount %s read-only", dev);
+  }
+  if (chdir(root) < 0) die("chdir %s", root);
+  if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root %s", root);
+  /* The old root is stacked under the new one: detach it. */
+  if (umount2(".", MNT_DETACH) < 0) die("detach the old root");
+  if (chdir("/") < 0) die("chdir /");
+  if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("remount the new root read-only");
+}
+
+static int last_cap(void) {
+  int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+  char buf[16] = { 0 };
+  if (fd < 0 || read(fd, buf, sizeof buf - 1) <= 0) return CAP_LAST_CAP;
+  close(fd);
+  return atoi(buf);
+}
+
+static int kept(const struct opts *o, int cap) {
+  for (int i = 0; i < o->nkeep; i++) if (o->keep[i] == cap) return 1;
+  return 0;
+}
+
+static void drop_privileges(const struct opts *o, int lastcap) {
+  for (int c = 0; c <= lastcap; c++) {
+    if (kept(o, c)) continue;
+    if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) die("drop capability %d from the bounding set", c);
+  }
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) die("clear ambient capabilities");
+  if (o->nkeep > 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) die("keep capabilities over the uid change");
+  if (setgroups((size_t)o->ngroups, o->groups) < 0) die("setgroups");
+  if (setresgid((gid_t)o->gid, (gid_t)o->gid, (gid_t)o->gid) < 0) die("setresgid %ld", o->gid);
+  if (setresuid((uid_t)o->uid, (uid_t)o->uid, (uid_t)o->uid) < 0) die("setresuid %ld", o->uid);
+  if (o->nkeep > 0) {
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    for (int i = 0; i < o->nkeep; i++) {
+      int c = o->keep[i];
+      data[c / 32].effective |= 1u << (c % 32);
+      data[c / 32].permitted |= 1u << (c % 32);
+      data[c / 32].inheritable |= 1u << (c % 32);
+    }
+    if (syscall(SYS_capset, &hdr, data) < 0) die("capset");
+    for (int i = 0; i < o->nkeep; i++) {
+      if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, o->keep[i], 0, 0) < 0) die("raise ambient capability %d", o->keep[i]);
+    }
+    if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) die("reset keep-capabilities");
+  }
+  if (getuid() == 0 || geteuid() == 0) DIE("still root after setresuid");
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
+}
+
+int main(int argc, char **argv) {
+  struct opts o;
+  parse(argc, argv, &o);
+  if (geteuid() != 0) DIE("must start as root (it drops to --uid %ld)", o.uid);
+  pid_t parent = getppid();
+  int lastcap = last_cap();
+  if (o.netns) enter_netns(o.netns);
+  for (int i = 0; i < o.ntaps; i++) open_tap(&o.taps[i]);
+  if (o.root) jail(&o);
+  drop_privileges(&o, lastcap);
+  if (o.pdeathsig) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("pdeathsig");
+    if (getppid() != parent) DIE("parent exited before the exec");
+  }
+  execv(o.argv[0], o.argv);
+  die("exec %s", o.argv[0]);
+  return EXIT_JAIL;
+}
