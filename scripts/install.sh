@@ -12,6 +12,7 @@
 #   bin/kata-ts-runtime           this version's default configuration
 #   bin/kata-crictl
 #   lib/*.mjs                     the bundled shim and CLIs
+#   libexec/kata-ts-jailer        starts each pod's QEMU jailed (docs/security.md)
 #   share/guest/                  kernel, initrd, root image (with the agent), manifest
 #   share/defaults/configuration.toml   the default, naming share/guest
 # <prefix>/current -> versions/<version>   switched atomically (rename of a new link)
@@ -104,7 +105,7 @@ if [ "$UNINSTALL" = 1 ]; then
 fi
 
 # --- what is installed: built from this checkout (setup builds what is missing) ---
-need=(build/shim/containerd-shim-kata-v2.mjs build/guest/vmlinux build/guest/initrd.img build/guest/rootfs.img build/guest/manifest.json dist/src/runtime-cli/main.js)
+need=(build/shim/containerd-shim-kata-v2.mjs build/host/kata-ts-jailer build/guest/vmlinux build/guest/initrd.img build/guest/rootfs.img build/guest/manifest.json dist/src/runtime-cli/main.js)
 for f in "${need[@]}"; do
   [ -e "$f" ] || { log "building (missing $f)"; bash scripts/setup.sh; break; }
 done
@@ -114,7 +115,7 @@ GUEST_FILES=(vmlinux bzImage initrd.img rootfs.img bare-initrd.img cmdline manif
 
 if [ -z "$VERSION" ]; then
   pkg=$(node -p 'require("./package.json").version')
-  sum=$(cat build/shim/containerd-shim-kata-v2.mjs build/cli/*.mjs build/guest/manifest.json config/configuration.toml "$NODE" | sha256sum | cut -c1-12)
+  sum=$(cat build/shim/containerd-shim-kata-v2.mjs build/cli/*.mjs build/host/kata-ts-jailer build/guest/manifest.json config/configuration.toml "$NODE" | sha256sum | cut -c1-12)
   VERSION="$pkg-$sum"
 fi
 [[ $VERSION =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]] || die "--version must be letters, digits and ._+- (got $VERSION)"
@@ -127,15 +128,19 @@ if [ -e "$V/.complete" ]; then
 else
   T=$PREFIX/versions/.$VERSION.tmp
   rm -rf "$T"
-  mkdir -p "$T/bin" "$T/lib" "$T/share/guest" "$T/share/defaults"
+  mkdir -p "$T/bin" "$T/lib" "$T/libexec" "$T/share/guest" "$T/share/defaults"
   cp "$NODE" "$T/bin/node"
+  # QEMU's jailer: root-owned, not setuid (the shim runs as root and starts it).
+  install -m 0755 build/host/kata-ts-jailer "$T/libexec/kata-ts-jailer"
   cp build/shim/containerd-shim-kata-v2.mjs build/cli/kata-ts-runtime.mjs build/cli/kata-crictl.mjs "$T/lib/"
   for f in "${GUEST_FILES[@]}"; do [ -e "build/guest/$f" ] && cp "build/guest/$f" "$T/share/guest/"; done
   # The default configuration: the project's, its guest paths pointing at this version's share/guest.
   node --input-type=module -e '
     import { readFileSync, writeFileSync } from "node:fs";
-    const [template, guest, out, version, prefix] = process.argv.slice(1);
-    const text = readFileSync(template, "utf8").replace(/"\.\.\/build\/guest\//g, `"${guest}/`);
+    const [template, guest, libexec, out, version, prefix] = process.argv.slice(1);
+    const text = readFileSync(template, "utf8")
+      .replace(/"\.\.\/build\/guest\//g, `"${guest}/`)
+      .replace(/"\.\.\/build\/host\//g, `"${libexec}/`);
     if (/"\.\.?\//.test(text)) throw new Error(`${template}: a relative path is left`);
     writeFileSync(out, [
       "# kata-ts default configuration",
@@ -146,7 +151,7 @@ else
       "",
       text,
     ].join("\n"));
-  ' config/configuration.toml "$V/share/guest" "$T/share/defaults/configuration.toml" "$VERSION" "$PREFIX"
+  ' config/configuration.toml "$V/share/guest" "$V/libexec" "$T/share/defaults/configuration.toml" "$VERSION" "$PREFIX"
   for c in "${COMMANDS[@]}"; do
     cat >"$T/bin/$c" <<EOF
 #!/bin/sh
