@@ -18,8 +18,10 @@
  *                              owned by the jailed uid
  *   with VM templates          the template's memory file and the pod's 9p
  *                              shared dir (read-write: QEMU 7.2 opens guest
- *                              RAM files read-write, and serves 9p itself)
- * Nothing else: no /etc, /proc, /sys, /run, /var, /home, no other pod.
+ *                              RAM files read-write, and serves 9p itself),
+ *                              and a /proc of its own processes only (9p
+ *                              changes modes through /proc/self/fd)
+ * Nothing else: no /etc, /sys, /run, /var, /home, no other pod.
  */
 import { lstatSync, readlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -66,6 +68,8 @@ export interface JailPlan {
   readWrite: string[];
   devices: string[];
   keepCaps: readonly string[];
+  /** A /proc showing only the jailed uid's own processes (QEMU's 9p server needs /proc/self/fd). */
+  proc?: boolean;
   taps: Array<{ fd: number; ifname: string }>;
   netns?: string;
   pdeathsig: boolean;
@@ -100,12 +104,11 @@ function within(path: string, root: string): boolean {
 export function flattenBinds(readOnly: readonly string[], readWrite: readonly string[]): { readOnly: string[]; readWrite: string[] } {
   const rw = [...new Set(readWrite)].filter((p, _, all) => !all.some((q) => q !== p && within(p, q)));
   for (const p of rw) {
-    if (readOnly.some((q) => within(p, q) && q !== p)) throw invalid('jail', `${p} must be writable but lies under read-only ${readOnly.find((q) => within(p, q))}`);
+    const parent = readOnly.find((q) => q !== p && within(p, q));
+    if (parent !== undefined) throw invalid('jail', `${p} must be writable but lies under read-only ${parent}`);
   }
+  // A read-only path that is, or lies under, a writable one is seen through it.
   const ro = [...new Set(readOnly)].filter((p, _, all) => !all.some((q) => q !== p && within(p, q)) && !rw.some((q) => within(p, q)));
-  for (const p of ro) {
-    if (rw.some((q) => within(q, p))) throw invalid('jail', `read-only ${p} would hide writable ${rw.find((q) => within(q, p))}`);
-  }
   return { readOnly: ro, readWrite: rw };
 }
 
@@ -126,6 +129,7 @@ export function jailedCommand(jailer: string, plan: JailPlan, program: string, a
   for (const p of binds.readWrite) a.push('--bind', p);
   for (const s of sys.symlinks) a.push('--symlink', s);
   for (const d of plan.devices) a.push('--dev', d);
+  if (plan.proc) a.push('--proc');
   for (const c of plan.keepCaps) a.push('--keep-cap', c);
   if (plan.pdeathsig) a.push('--pdeathsig');
   a.push('--', program, ...args);

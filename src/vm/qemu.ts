@@ -712,6 +712,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       readWrite,
       devices: ['null', 'zero', 'urandom', ...(cfg.accel === 'kvm' ? ['kvm'] : []), ...(vhost ? ['vhost-net'] : [])],
       keepCaps: fileCaps ? FILE_CAPS : [],
+      proc: serves9p,
       taps,
       ...(plan.netns !== undefined ? { netns: plan.netns } : {}),
       pdeathsig: plan.dieWithParent,

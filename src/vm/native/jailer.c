@@ -20,6 +20,10 @@
  *        --dev NAME       /dev/NAME made with mknod from the host's node:
  *                         null, zero, full, random, urandom are 0666; kvm,
  *                         vhost-net are 0600 and owned by --uid;
+ *        --proc           a procfs on /proc showing only the jailed uid's
+ *                         own processes and nothing but them (hidepid=
+ *                         invisible, subset=pid): QEMU's 9p server changes
+ *                         modes through /proc/self/fd;
  *      then pivot_root(2) into it, the old root detached, and the new root
  *      remounted read-only. Each PATH lands at the same path inside, so
  *      QEMU's command line needs no translation. Bind points must not nest;
@@ -33,7 +37,7 @@
  *
  * Usage: kata-ts-jailer --uid N --gid N [--groups N,N...] [--netns PATH]
  *          [--tap FD:IFNAME]... [--root DIR [--bind-ro PATH]... [--bind PATH]...
- *          [--symlink L=T]... [--dev NAME]...] [--keep-cap NAME]... [--pdeathsig]
+ *          [--symlink L=T]... [--dev NAME]... [--proc]] [--keep-cap NAME]... [--pdeathsig]
  *          -- PROGRAM ARGS...
  *
  * On failure: one line "kata-ts-jailer: <step>: <reason>" on stderr (QEMU's
@@ -99,6 +103,7 @@ struct opts {
   int keep[MAX_ITEMS];
   int nkeep;
   int pdeathsig;
+  int proc;
   char **argv;
 };
 
@@ -131,6 +136,7 @@ static void parse(int argc, char **argv, struct opts *o) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0) { i++; break; }
     if (strcmp(a, "--pdeathsig") == 0) { o->pdeathsig = 1; continue; }
+    if (strcmp(a, "--proc") == 0) { o->proc = 1; continue; }
     if (i + 1 >= argc) DIE("%s: needs a value", a);
     const char *v = argv[++i];
     if (strcmp(a, "--uid") == 0) o->uid = number(v, a, 1, 0xfffffffeL);
@@ -170,7 +176,7 @@ static void parse(int argc, char **argv, struct opts *o) {
   if (o->uid < 0 || o->gid < 0) DIE("--uid and --gid are required (and never 0)");
   if (i >= argc) DIE("no program after --");
   if (argv[i][0] != '/') DIE("program must be an absolute path: %s", argv[i]);
-  if (!o->root && (o->nbinds_ro || o->nbinds_rw || o->nsymlinks || o->ndevs)) DIE("--bind, --symlink and --dev need --root");
+  if (!o->root && (o->nbinds_ro || o->nbinds_rw || o->nsymlinks || o->ndevs || o->proc)) DIE("--bind, --symlink, --dev and --proc need --root");
   o->argv = argv + i;
 }
 
@@ -270,6 +276,12 @@ static void jail(const struct opts *o) {
     if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64") < 0) die("tmpfs on %s", dev);
     for (int i = 0; i < o->ndevs; i++) make_dev(root, o->devs[i], (uid_t)o->uid, (gid_t)o->gid);
     if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) < 0) die("remount %s read-only", dev);
+  }
+  if (o->proc) {
+    char proc[4096];
+    snprintf(proc, sizeof proc, "%s/proc", root);
+    if (mkdir(proc, 0555) < 0 && errno != EEXIST) die("mkdir %s", proc);
+    if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid") < 0) die("procfs on %s", proc);
   }
   if (chdir(root) < 0) die("chdir %s", root);
   if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root %s", root);
