@@ -134,24 +134,10 @@ else
   install -m 0755 build/host/kata-ts-jailer "$T/libexec/kata-ts-jailer"
   cp build/shim/containerd-shim-kata-v2.mjs build/cli/kata-ts-runtime.mjs build/cli/kata-crictl.mjs "$T/lib/"
   for f in "${GUEST_FILES[@]}"; do [ -e "build/guest/$f" ] && cp "build/guest/$f" "$T/share/guest/"; done
-  # The default configuration: the project's, its guest paths pointing at this version's share/guest.
-  node --input-type=module -e '
-    import { readFileSync, writeFileSync } from "node:fs";
-    const [template, guest, libexec, out, version, prefix] = process.argv.slice(1);
-    const text = readFileSync(template, "utf8")
-      .replace(/"\.\.\/build\/guest\//g, `"${guest}/`)
-      .replace(/"\.\.\/build\/host\//g, `"${libexec}/`);
-    if (/"\.\.?\//.test(text)) throw new Error(`${template}: a relative path is left`);
-    writeFileSync(out, [
-      "# kata-ts default configuration",
-      `# Installed by scripts/install.sh: version ${version} under ${prefix}.`,
-      "# To change a setting, copy this file to /etc/kata-containers/configuration.toml",
-      "# and edit the copy (it is read first), or point containerd'"'"'s runtime option",
-      "# ConfigPath at a file of your own.",
-      "",
-      text,
-    ].join("\n"));
-  ' config/configuration.toml "$V/share/guest" "$V/libexec" "$T/share/defaults/configuration.toml" "$VERSION" "$PREFIX"
+  # The default configuration: the project's, naming this version's guest image and jailer.
+  node scripts/install-config.mjs "$T/share/defaults/configuration.toml" \
+    --relocate ../build/guest="$V/share/guest" --relocate ../build/host="$V/libexec" \
+    --origin "Installed by scripts/install.sh: version $VERSION under $PREFIX."
   for c in "${COMMANDS[@]}"; do
     cat >"$T/bin/$c" <<EOF
 #!/bin/sh
@@ -160,6 +146,7 @@ else
 export KATA_TS_DEFAULT_CONFIG="$V/share/defaults/configuration.toml"
 export KATA_TS_VERSION="$VERSION"
 export KATA_TS_SHIM="$V/bin/containerd-shim-kata-v2"
+export KATA_TS_JAILER="$V/libexec/kata-ts-jailer"
 exec "$V/bin/node" "$V/lib/$c.mjs" "\$@"
 EOF
     chmod 0755 "$T/bin/$c"

@@ -10,11 +10,10 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeadlineExceededError, InvalidArgumentError } from '../errors/index.js';
+import { MAX_VCPUS } from '../agent-protocol/limits.js';
 
 export const ONLINE_WAIT_MS = 10_000;
 const POLL_MS = 20;
-/** A guest has at most this many vCPUs (QEMU's limit on q35 without x2APIC tricks). */
-export const MAX_CPUS = 255;
 
 export interface OnlineRequest {
   /** CPUs that must come online (hot-plugged ones); 0: online what is there, no wait. */
@@ -24,7 +23,7 @@ export interface OnlineRequest {
 }
 
 export function checkOnlineRequest(nbCpus: number, cpuOnly: boolean): OnlineRequest {
-  if (!Number.isInteger(nbCpus) || nbCpus < 0 || nbCpus > MAX_CPUS) throw new InvalidArgumentError(`nb_cpus: ${nbCpus} must be 0-${MAX_CPUS}`);
+  if (!Number.isInteger(nbCpus) || nbCpus < 0 || nbCpus > MAX_VCPUS) throw new InvalidArgumentError(`nb_cpus: ${nbCpus} must be 0-${MAX_VCPUS}`);
   return { cpus: nbCpus, cpuOnly };
 }
 

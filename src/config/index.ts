@@ -191,6 +191,25 @@ export const DEFAULT_CONFIG = '/usr/share/defaults/kata-containers/configuration
 export const DEFAULT_CONFIG_MARKER = '# kata-ts default configuration';
 
 /**
+ * The kata-ts-jailer this runtime ships, for `jailer_path = ""` (a file
+ * without the key): $KATA_TS_JAILER (an installed version's, set by its
+ * wrappers: scripts/install.sh), else the checkout's build/host/ (from
+ * dist/src/config or the shim's bundle in build/shim, whichever exists).
+ */
+export function shippedJailerPath(env: NodeJS.ProcessEnv = process.env): string {
+  const e = env['KATA_TS_JAILER'];
+  if (e && e.startsWith('/')) return e;
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [resolve(here, '../../../build/host/kata-ts-jailer'), resolve(here, '../../build/host/kata-ts-jailer')];
+  return candidates.find((c) => existsSync(c)) ?? candidates[0]!;
+}
+
+/** `jailer_path`, or the shipped jailer when the file leaves it empty. */
+export function jailerPath(q: Pick<QemuConfig, 'jailer_path'>): string {
+  return q.jailer_path || shippedJailerPath();
+}
+
+/**
  * config/configuration.toml of this project (the commented template, guest
  * paths relative to it): from dist/src/config/index.js (compiled) or
  * build/shim/*.mjs (the shim's bundle), whichever exists.
@@ -201,25 +220,46 @@ export function templateConfigPath(): string {
   return candidates.find((c) => existsSync(c)) ?? candidates[0]!;
 }
 
+/** Where a rendered default points the template's relative dirs, and what its header says of its origin. */
+export interface RenderOptions {
+  /**
+   * Template-relative dirs to place elsewhere (an install's own copies:
+   * `../build/guest` → `<version>/share/guest`); other relative paths are
+   * made absolute against the template's directory.
+   */
+  relocate?: ReadonlyArray<{ from: string; to: string }>;
+  /** The header's second line (default: installed by scripts/setup.sh from the template). */
+  origin?: string;
+}
+
 /**
  * The installed default: the template's text with every relative path made
- * absolute against the template's directory (so it names the guest image the
- * builder produced, wherever the file is read from), under a header saying
- * where it came from. Comments and layout stay as written.
+ * absolute (against the template's directory, or where `relocate` says), so
+ * that it names the guest image and helpers wherever the file is read from,
+ * under a header saying where it came from. Comments and layout stay as
+ * written.
  */
-export function renderDefaultConfig(templateText: string, templateFile: string): string {
+export function renderDefaultConfig(templateText: string, templateFile: string, opts: RenderOptions = {}): string {
   const base = dirname(resolve(templateFile));
   // Validates the template first: an installed default must load.
-  const want = parseConfig(templateText, templateFile, 'default');
-  const body = templateText.replace(/^(\s*[a-z_]+\s*=\s*)"(\.\.?\/[^"]*)"/gm, (_m, lhs: string, rel: string) => `${lhs}"${resolve(base, rel)}"`);
+  parseConfig(templateText, templateFile, 'default');
+  for (const r of opts.relocate ?? []) {
+    if (!/^\.\.?\//.test(r.from) || !r.to.startsWith('/')) throw new ConfigError(`relocate ${r.from} -> ${r.to}: want a "./…" or "../…" dir and an absolute one`);
+  }
+  const absolute = (rel: string): string => {
+    const r = (opts.relocate ?? []).find((x) => rel === x.from || rel.startsWith(`${x.from}/`));
+    return r ? `${r.to}${rel.slice(r.from.length)}` : resolve(base, rel);
+  };
+  const body = templateText.replace(/^(\s*[a-z_]+\s*=\s*)"(\.\.?\/[^"]*)"/gm, (_m, lhs: string, rel: string) => `${lhs}"${absolute(rel)}"`);
   // The rendered file must mean the same wherever it is read from: a relative path the rewrite missed would not.
-  const got = parseConfig(body, '/nonexistent/elsewhere/configuration.toml', 'default');
-  if (JSON.stringify(configData(got)) !== JSON.stringify(configData(want))) {
+  const a = parseConfig(body, '/nonexistent/a/configuration.toml', 'default');
+  const b = parseConfig(body, '/nonexistent/b/c/configuration.toml', 'default');
+  if (JSON.stringify(configData(a)) !== JSON.stringify(configData(b))) {
     throw new ConfigError(`config ${templateFile}: a relative path is not in the form "./…" or "../…" on a key = "…" line: it cannot be made absolute for the installed default`);
   }
   return [
     DEFAULT_CONFIG_MARKER,
-    `# Installed by scripts/setup.sh from ${resolve(templateFile)}; setup rewrites it.`,
+    `# ${opts.origin ?? `Installed by scripts/setup.sh from ${resolve(templateFile)}; setup rewrites it.`}`,
     '# To change a setting, copy this file to /etc/kata-containers/configuration.toml',
     '# and edit the copy (it is read first), or point containerd\'s runtime option',
     '# ConfigPath at a file of your own.',

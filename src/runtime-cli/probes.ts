@@ -9,7 +9,7 @@ import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parse } from 'smol-toml';
-import type { KataConfig } from '../config/index.js';
+import { jailerPath, type KataConfig } from '../config/index.js';
 import { hostTscKhz, jailedCommand, parseUidRange, probeKvm } from '../vm/index.js';
 import { qemuHardening } from '../shim/qemu-hardening.js';
 
@@ -285,19 +285,20 @@ export async function probeJail(cfg: KataConfig): Promise<ProbeLine[]> {
   } catch (err) {
     return [{ name: 'QEMU jail', status: 'fail', detail: `[hypervisor.qemu] ${(err as Error).message}`, required: true }, hardening];
   }
-  if (!existsSync(q.jailer_path)) {
-    return [{ name: 'QEMU jail', status: 'fail', detail: `[hypervisor.qemu] jailer_path = ${JSON.stringify(q.jailer_path)}: no such file (scripts/setup.sh builds it)`, required: true }, hardening];
+  const jailer = jailerPath(q);
+  if (!existsSync(jailer)) {
+    return [{ name: 'QEMU jail', status: 'fail', detail: `[hypervisor.qemu] jailer_path = ${JSON.stringify(jailer)}: no such file (scripts/setup.sh builds it)`, required: true }, hardening];
   }
   const root = mkdtempSync(join(tmpdir(), 'kata-ts-jail-probe-'));
   try {
     const plan = { uid, gid: uid, root, readOnly: [], readWrite: [], devices: ['null'], keepCaps: [], taps: [], pdeathsig: false };
-    const cmd = jailedCommand(q.jailer_path, plan, '/usr/bin/id', ['-u']);
+    const cmd = jailedCommand(jailer, plan, '/usr/bin/id', ['-u']);
     const r = await run(cmd.command, cmd.args);
     const ok = r.code === 0 && r.stdout.trim() === String(uid);
     return [{
       name: 'QEMU jail',
       status: ok ? 'ok' : 'fail',
-      detail: ok ? `${q.jailer_path}: uid ${uid} in a private root (uids ${q.rootless_uids})` : `${q.jailer_path} failed (${r.code ?? r.error}): ${(r.stderr || r.stdout).trim()}`,
+      detail: ok ? `${jailer}: uid ${uid} in a private root (uids ${q.rootless_uids})` : `${jailer} failed (${r.code ?? r.error}): ${(r.stderr || r.stdout).trim()}`,
       required: true,
     }, hardening];
   } finally {

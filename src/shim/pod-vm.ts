@@ -25,7 +25,7 @@
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
-import { applyAnnotations, kernelModules, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
+import { applyAnnotations, jailerPath, kernelModules, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
 import { cgroupPathOf, HostCgroup, parseHostCgroupState, removeCreated } from '../cgroups/host.js';
 import type { Logger } from '../log/index.js';
@@ -148,10 +148,7 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
     mustExist('virtio_fs_daemon', q.virtio_fs_daemon);
     if (q.virtio_fs_cache !== 'auto') unsupported('virtio_fs_cache', q.virtio_fs_cache, 'auto');
   }
-  if (q.rootless) {
-    if (q.jailer_path === '') throw new FailedPreconditionError(`config ${cfg.file}: [hypervisor.qemu] rootless = true needs jailer_path (kata-ts-jailer, built by scripts/setup.sh)`);
-    mustExist('jailer_path', q.jailer_path);
-  }
+  if (q.rootless) mustExist('jailer_path', jailerPath(q));
   mustExist('kernel', q.kernel);
   mustExist('initrd', q.initrd);
   mustExist('image', q.image);
@@ -181,7 +178,7 @@ export function podVmSettings(cfg: KataConfig): PodVmSettings {
       ...(q.path !== DEFAULT_QEMU ? { qemuBinary: q.path } : {}),
       ...(q.virtio_fs_daemon !== DEFAULT_VIRTIOFSD ? { virtiofsdBinary: q.virtio_fs_daemon } : {}),
       sharedFs: q.shared_fs === 'virtio-9p' ? 'virtio-9p' : 'virtio-fs',
-      ...(q.rootless ? { jail: { jailer: q.jailer_path, uids: rootlessUids(cfg), leaseDir: join(runRoot(), UID_LEASE_DIR) } } : {}),
+      ...(q.rootless ? { jail: { jailer: jailerPath(q), uids: rootlessUids(cfg), leaseDir: join(runRoot(), UID_LEASE_DIR) } } : {}),
       ...(q.seccompsandbox !== '' ? { seccompSandbox: q.seccompsandbox } : {}),
       ...(q.shared_fs === 'virtio-9p' ? { msize9p: q.msize_9p } : {}),
     },

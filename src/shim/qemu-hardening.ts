@@ -4,7 +4,7 @@
  * `kata-ts-runtime check` and `kata-ts-runtime env`. Every setting that
  * weakens the default is one line naming its key.
  */
-import type { KataConfig } from '../config/index.js';
+import { jailerPath, type KataConfig } from '../config/index.js';
 import { DEFAULT_SECCOMP_SANDBOX, FILE_CAPS } from '../vm/index.js';
 
 /** The `-sandbox` features the default denies; a configuration without one of them is weaker. */
@@ -45,7 +45,7 @@ export function qemuHardening(cfg: KataConfig): QemuHardening {
   return {
     rootless: q.rootless,
     uids: q.rootless_uids,
-    jailer: q.jailer_path,
+    jailer: jailerPath(q),
     seccompsandbox: q.seccompsandbox === '' ? 'off' : q.seccompsandbox,
     capabilities: !q.rootless ? ['all (root)'] : serves9p ? FILE_CAPS.map((c) => `CAP_${c.toUpperCase()}`) : [],
     weakened,

@@ -16,6 +16,7 @@
 import { devicesArgs, needsSharedMemory, validateDevices, type DeviceConfig } from './devices/index.js';
 import type { MachineType } from './devices/types.js';
 import { checkAbsPath, checkInt, checkOneOf, checkSocketPath, checkString, invalid, opt } from './validate.js';
+import { MAX_VCPUS } from '../agent-protocol/limits.js';
 import { hotplugKernelParams, memoryArg, smpArg, validateHotplugRoom, type HotplugRoom } from './hotplug.js';
 
 export type { MachineType } from './devices/types.js';
@@ -31,7 +32,8 @@ export const ACCELERATORS: readonly Accelerator[] = ['kvm', 'tcg'];
 
 export const MIN_MEMORY_MIB = 64;
 export const MAX_MEMORY_MIB = 1024 * 1024;
-export const MAX_VCPUS = 255;
+/** The vCPU bound, shared with the agent (which onlines hot-plugged CPUs). */
+export { MAX_VCPUS } from '../agent-protocol/limits.js';
 
 export interface QemuConfig {
   machine: MachineType;

@@ -17,7 +17,6 @@
  * state, results), removed afterwards.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -26,6 +25,7 @@ import { importImage, pauseImage, projectRoot } from '../harness/busybox.js';
 import { createTestNetwork, type TestNetwork } from '../harness/cni.js';
 import { pidsMentioning, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
 import { qemuPids } from '../harness/ctr.js';
+import { runCommand } from '../harness/run.js';
 import { defaultConfigText } from '../harness/guest.js';
 import { skipUnlessCi } from '../harness/skip.js';
 
@@ -92,22 +92,11 @@ const endGroups = (): void => {
 process.once('exit', endGroups);
 for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => { endGroups(); process.exit(1); });
 
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolveRun) => {
-    const c = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    if (c.pid) groups.add(c.pid);
-    const out: Buffer[] = [];
-    c.stdout.on('data', (d: Buffer) => out.push(d));
-    c.stderr.on('data', (d: Buffer) => out.push(d));
-    // The kit's run.sh stops its containerd on SIGTERM (trap … EXIT): the group, so critest ends too.
-    const t = setTimeout(() => { try { process.kill(-c.pid!, 'SIGTERM'); } catch { /* gone */ } }, timeoutMs);
-    c.on('close', (code) => {
-      clearTimeout(t);
-      if (c.pid) groups.delete(c.pid);
-      resolveRun({ code, out: Buffer.concat(out).toString() });
-    });
-  });
-}
+/** The kit's scripts in their own process group (ended with the test: `groups`); stdout and stderr together. */
+const run = async (cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ code: number | null; out: string }> => {
+  const r = await runCommand(cmd, args, { env, timeoutMs, groups });
+  return { code: r.code, out: r.all };
+};
 
 let work = '';
 

@@ -15,7 +15,6 @@
  *    everything it made, and nothing of the install is left.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,25 +23,13 @@ import { busyboxImage, importImage, pauseImage, projectRoot } from '../harness/b
 import { createTestNetwork, type TestNetwork } from '../harness/cni.js';
 import { allPids, procCmdline, startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
 import { qemuPids } from '../harness/ctr.js';
+import { runCommand } from '../harness/run.js';
 
 const ROOT = projectRoot();
 const BUILD = join(ROOT, 'build');
 const KATA = 'io.containerd.kata.v2';
 
-function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 600_000): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    c.stdout.on('data', (d: Buffer) => out.push(d));
-    c.stderr.on('data', (d: Buffer) => err.push(d));
-    const t = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
-    c.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, out: Buffer.concat(out).toString(), err: Buffer.concat(err).toString() });
-    });
-  });
-}
+const sh = (cmd: string, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 600_000) => runCommand(cmd, args, { env, timeoutMs });
 
 let prefix = '';
 /** The busybox image's name, taken before build/ is hidden (its tar lives under build/). */
@@ -96,11 +83,14 @@ test('install A: one versioned prefix, current, three links; a pod runs with the
     assert.equal(readlinkSync(join(bindir, cmd)), join(prefix, 'current/bin', cmd));
   }
   const v = join(prefix, 'versions/test-a');
-  for (const f of ['bin/node', 'lib/containerd-shim-kata-v2.mjs', 'share/guest/vmlinux', 'share/guest/rootfs.img', 'share/defaults/configuration.toml']) {
+  for (const f of ['bin/node', 'lib/containerd-shim-kata-v2.mjs', 'libexec/kata-ts-jailer', 'share/guest/vmlinux', 'share/guest/rootfs.img', 'share/defaults/configuration.toml']) {
     assert.ok(existsSync(join(v, f)), `${f} installed`);
   }
   const cfg = readFileSync(join(v, 'share/defaults/configuration.toml'), 'utf8');
   assert.match(cfg, new RegExp(`^kernel = "${v}/share/guest/vmlinux"$`, 'm'), 'the default names the installed guest');
+  assert.match(cfg, new RegExp(`^jailer_path = "${v}/libexec/kata-ts-jailer"$`, 'm'), 'and the installed jailer (QEMU runs jailed)');
+  assert.match(cfg, /^rootless = true$/m);
+  assert.match(cfg, /^# Installed by scripts\/install\.sh: version test-a under /m);
   assert.doesNotMatch(cfg, new RegExp(ROOT.replace(/[/.]/g, '\\$&')), 'and nothing of the checkout');
   // Installing the same version again changes nothing.
   assert.equal((await install('test-a')).code, 0);

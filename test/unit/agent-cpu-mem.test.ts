@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
 import { Code, StatusError } from '../../src/errors/index.js';
-import { checkOnlineRequest, MAX_CPUS, onlineCpuMem } from '../../src/agent/cpu-mem.js';
+import { checkOnlineRequest, onlineCpuMem } from '../../src/agent/cpu-mem.js';
+import { MAX_VCPUS as MAX_CPUS } from '../../src/agent-protocol/limits.js';
 
 let sys: string;
 

@@ -103,6 +103,16 @@ test('the installed default: the template with absolute guest paths, installed o
   assert.match(renderDefaultConfig('[hypervisor.qemu]\nkernel = "./g/vmlinux"\ninitrd = "/i"\nimage = "/r"\n', '/x/conf.toml'), /^kernel = "\/x\/g\/vmlinux"$/m);
   // A template that does not validate is never rendered.
   assert.throws(() => renderDefaultConfig('[hypervisor.qemu]\nbogus = 1\n', '/x/conf.toml'), /unknown key \[hypervisor\.qemu\] bogus/);
+  // An install's copy (scripts/install.sh): the guest image and the jailer relocated, its own origin line.
+  const installed = renderDefaultConfig(readFileSync(template, 'utf8'), template, {
+    relocate: [{ from: '../build/guest', to: '/opt/kt/versions/v1/share/guest' }, { from: '../build/host', to: '/opt/kt/versions/v1/libexec' }],
+    origin: 'Installed by scripts/install.sh: version v1 under /opt/kt.',
+  });
+  assert.match(installed, /^kernel = "\/opt\/kt\/versions\/v1\/share\/guest\/vmlinux"$/m);
+  assert.match(installed, /^jailer_path = "\/opt\/kt\/versions\/v1\/libexec\/kata-ts-jailer"$/m);
+  assert.equal(installed.split('\n')[1], '# Installed by scripts/install.sh: version v1 under /opt/kt.');
+  assert.ok(installed.startsWith(`${DEFAULT_CONFIG_MARKER}\n`));
+  assert.throws(() => renderDefaultConfig(readFileSync(template, 'utf8'), template, { relocate: [{ from: 'build/guest', to: '/x' }] }), /relocate build\/guest -> \/x/);
 
   withDir((dir) => {
     const target = join(dir, 'share/defaults/kata-containers/configuration.toml');
@@ -246,6 +256,7 @@ test('annotations: a path must be in its valid list (security boundary)', () => 
 });
 
 test('the shim maps the config to the pod VM (podVmSettings)', () => {
+  const unsupportedLater: Array<[string, RegExp]> = [];
   const root = join(templateConfigPath(), '../..');
   const guest = join(root, 'build/guest');
   // The installed default (rendered from the template): the image the builder produced.
@@ -256,7 +267,10 @@ test('the shim maps the config to the pod VM (podVmSettings)', () => {
   // q35 by default: the room to grow (the host's CPUs and memory, 10 slots).
   const room = hotplugRoom(d.hypervisor.qemu, hostCapacity());
   assert.deepEqual(room, { maxVcpus: Math.max(1, hostCapacity().cpus), maxMemoryMiB: hostCapacity().memoryMiB, memorySlots: 10 });
-  assert.deepEqual(s.vm, { resources: { vcpus: 1, memoryMiB: 256 }, hotplug: room, machine: 'q35', accel: 'auto', kernelParams: [], readyTimeoutMs: 90_000, sharedFs: 'virtio-fs' });
+  // Jailed by default: the checkout's jailer, the default uids, leases beside the pod dirs; Kata's seccomp sandbox.
+  const jail = { jailer: join(root, 'build/host/kata-ts-jailer'), uids: { first: 1879048192, last: 1879113727 }, leaseDir: '/run/kata-ts/.uids' };
+  const seccompSandbox = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
+  assert.deepEqual(s.vm, { resources: { vcpus: 1, memoryMiB: 256 }, hotplug: room, machine: 'q35', accel: 'auto', kernelParams: [], readyTimeoutMs: 90_000, sharedFs: 'virtio-fs', jail, seccompSandbox });
   assert.equal(s.network, true);
   // An operator file: its paths, vCPUs, memory, accel, params, network model.
   const c = applyAnnotations(parseConfig(`[hypervisor.qemu]
@@ -272,7 +286,15 @@ dial_timeout = 30
 internetworking_model = "none"
 `, '/etc/kata-containers/configuration.toml', 'etc'), { [A('default_memory')]: '512' });
   const o = podVmSettings(c);
-  assert.deepEqual(o.vm, { resources: { vcpus: 1, memoryMiB: 512 }, hotplug: hotplugRoom(c.hypervisor.qemu, hostCapacity()), machine: 'q35', accel: 'tcg', kernelParams: ['guest.debug'], readyTimeoutMs: 30_000, sharedFs: 'virtio-fs' });
+  // A file without jailer_path gets the jailer this runtime ships.
+  assert.deepEqual(o.vm, { resources: { vcpus: 1, memoryMiB: 512 }, hotplug: hotplugRoom(c.hypervisor.qemu, hostCapacity()), machine: 'q35', accel: 'tcg', kernelParams: ['guest.debug'], readyTimeoutMs: 30_000, sharedFs: 'virtio-fs', jail, seccompSandbox });
+  // rootless = false and seccompsandbox = "": neither.
+  const bare = podVmSettings(parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\nrootless = false\nseccompsandbox = ""\n`, '/e/c.toml', 'etc'));
+  assert.equal(bare.vm.jail, undefined);
+  assert.equal(bare.vm.seccompSandbox, undefined);
+  // A jailer that is not there, or a bad uid range, refuses the pod naming the key.
+  unsupportedLater.push(['jailer_path = "/nonexistent/jailer"\n', /\[hypervisor\.qemu\] jailer_path = "\/nonexistent\/jailer": no such file/]);
+  unsupportedLater.push(['rootless_uids = "5-3"\n', /\[hypervisor\.qemu\] rootless_uids: must lie within/]);
   assert.equal(o.image.vmlinux, join(guest, 'vmlinux'));
   assert.equal(o.image.rootfs, join(guest, 'rootfs.img'));
   assert.equal(o.image.bareInitrd, join(guest, 'bare-initrd.img'));
@@ -286,6 +308,7 @@ internetworking_model = "none"
       return true;
     });
   };
+  for (const [extra, needle] of unsupportedLater) unsupported(extra, needle);
   unsupported('shared_fs = "none"\n', /\/e\/c\.toml: \[hypervisor\.qemu\] shared_fs = "none" is not supported yet \(supported: virtio-fs, virtio-9p\)/);
   // virtio-9p (VM templates): no virtiofsd needed, the msize reaches the agent.
   const p9 = podVmSettings(parseConfig(`[hypervisor.qemu]\nkernel = "${guest}/vmlinux"\ninitrd = "${guest}/initrd.img"\nimage = "${guest}/rootfs.img"\n`

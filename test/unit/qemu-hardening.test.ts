@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseConfig, type KataConfig } from '../../src/config/index.js';
+import { parseConfig, shippedJailerPath, type KataConfig } from '../../src/config/index.js';
 import { qemuHardening } from '../../src/shim/qemu-hardening.js';
 import { DEFAULT_SECCOMP_SANDBOX } from '../../src/vm/jail.js';
 
@@ -25,7 +25,7 @@ test('the default configuration is the hardened one: nothing weakened, no capabi
   assert.deepEqual(h, {
     rootless: true,
     uids: '1879048192-1879113727',
-    jailer: '',
+    jailer: shippedJailerPath(), // a file without jailer_path: the jailer this runtime ships
     seccompsandbox: DEFAULT_SECCOMP_SANDBOX,
     capabilities: [],
     weakened: [],

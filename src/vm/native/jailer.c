@@ -252,7 +252,6 @@ static void make_dev(const char *root, const char *name, uid_t uid, gid_t gid) {
   struct stat st;
   if (stat(host, &st) < 0) die("device %s", host);
   if (!S_ISCHR(st.st_mode)) DIE("device %s: not a character device", host);
-  make_point(root, "/dev/.", 0);
   snprintf(dst, sizeof dst, "%s/dev/%s", root, name);
   if (mknod(dst, S_IFCHR | (shared ? 0666 : 0600), st.st_rdev) < 0) die("mknod %s", dst);
   if (chmod(dst, shared ? 0666 : 0600) < 0) die("chmod %s", dst); /* mknod honours the umask */
@@ -265,11 +264,11 @@ static void jail(const struct opts *o) {
   if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / a slave");
   const char *root = o->root;
   if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=256k,nr_inodes=1024") < 0) die("tmpfs on %s", root);
-  /* The device nodes need a root without nodev: a tmpfs of its own under /dev. */
   for (int i = 0; i < o->nbinds_ro; i++) bind_in(root, o->binds_ro[i], 1);
   for (int i = 0; i < o->nbinds_rw; i++) bind_in(root, o->binds_rw[i], 0);
   for (int i = 0; i < o->nsymlinks; i++) symlink_in(root, o->symlinks[i]);
   if (o->ndevs > 0) {
+    /* The device nodes need a mount without nodev: a tmpfs of their own on /dev. */
     char dev[4096];
     snprintf(dev, sizeof dev, "%s/dev", root);
     if (mkdir(dev, 0755) < 0 && errno != EEXIST) die("mkdir %s", dev);
