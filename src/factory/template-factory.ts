@@ -27,6 +27,8 @@ import { BootVmProvider, type BootVmProviderOptions, type VmProvider, type VmReq
 import { hostTscKhz } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import type { QemuVm } from '../vm/qemu.js';
+import type { ProcessIdentity } from '../vm/proc.js';
+import { holdMemory, releaseMemory } from './memory-holder.js';
 import { templateIdentity, templateKey, type TemplateIdentity, type TemplateSpec } from './template-key.js';
 import {
   acquireBuildLock, buildingDir, commitTemplate, readTemplate, recordFailure, TEMPLATE_FILES, type Template,
@@ -100,6 +102,7 @@ export class TemplateFactory {
       ...(tsc !== undefined ? { tscKhz: tsc } : {}),
       nic: (req.tapNets?.length ?? 0) > 0,
       sharedFsTag: boot.sharedFsTag ?? 'kataShared',
+      ...(boot.jail ? { sealedMemory: true as const } : {}),
     };
     return templateIdentity(spec);
   }
@@ -165,6 +168,7 @@ export class TemplateFactory {
     const t0 = Date.now();
     this.log.info({ template: key, dir: root }, 'making a VM template');
     let vm: Vm | undefined;
+    let holder: ProcessIdentity | undefined;
     try {
       let bootMs = 0;
       let warmUpMs = 0;
@@ -206,13 +210,20 @@ export class TemplateFactory {
       await vm.stop();
       vm = undefined;
       await rm(join(dir, 'share'), { recursive: true, force: true });
+      if (boot.jail) {
+        // Clones of jailed QEMUs map the RAM from a sealed memfd: none can change what its siblings share.
+        holder = await holdMemory(boot.jail.jailer, join(dir, TEMPLATE_FILES.memory), req.signal ? { signal: req.signal } : {});
+        await rm(join(dir, TEMPLATE_FILES.memory)); // its pages are in the memfd now
+      }
       const tpl = await commitTemplate(root, key, {
         version: 1, key, identity: id, qemuVersion, createdAt: new Date().toISOString(), bootMs, saveMs,
-      });
+        ...(holder ? { memoryHolder: holder } : {}),
+      }, this.log);
       this.log.info({ template: key, bootMs, warmUpMs, saveMs, ms: Date.now() - t0 }, 'VM template made');
       return tpl;
     } catch (err) {
       await vm?.stop().catch(() => {});
+      if (holder) await releaseMemory(holder, this.log).catch(() => {});
       await rm(dir, { recursive: true, force: true }).catch(() => {});
       throw new StatusError(Code.FAILED_PRECONDITION, `making template ${key}: ${(err as Error).message}`, { cause: err });
     }

@@ -45,6 +45,11 @@ export interface TemplateSpec {
   nic: boolean;
   /** The 9p mount tag of the shared dir. */
   sharedFsTag: string;
+  /**
+   * The RAM held in a sealed memfd (clones of jailed QEMUs: memory-holder.ts).
+   * Absent when not: a template made for root QEMUs is never a jailed one's.
+   */
+  sealedMemory?: true;
 }
 
 export interface TemplateIdentity {

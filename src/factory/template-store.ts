@@ -1,7 +1,10 @@
 /**
  * The VM templates on disk, under `[factory] template_path`:
  *
- *   <root>/<key>/memory        the template's guest RAM (clones map it private, copy-on-write)
+ *   <root>/<key>/memory        the template's guest RAM (clones map it private, copy-on-write);
+ *                              absent when a holder keeps it in a sealed memfd
+ *                              (memory-holder.ts: a jailed QEMU's template), the
+ *                              holder's pid and start time then in meta.json
  *   <root>/<key>/state         its device state (QEMU's migration stream, no RAM)
  *   <root>/<key>/meta.json     what it was made from and what its files must look like
  *   <root>/<key>.lock/         held (mkdir) by the process building that template
@@ -19,6 +22,8 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import { FailedPreconditionError, NotFoundError } from '../errors/index.js';
 import { identify, isAlive, type ProcessIdentity } from '../vm/proc.js';
+import type { Logger } from '../log/index.js';
+import { heldMemoryPath, releaseMemory } from './memory-holder.js';
 import { sleep } from '../vm/abort.js';
 import { canonical, fileIdentity, type FileIdentity, type TemplateIdentity } from './template-key.js';
 
@@ -38,6 +43,8 @@ export interface TemplateMeta {
   /** Boot → agent ready, and the save, when it was made. */
   bootMs: number;
   saveMs: number;
+  /** The process holding the RAM in a sealed memfd (then no memory file): memory-holder.ts. */
+  memoryHolder?: ProcessIdentity;
 }
 
 export interface Template {
@@ -102,7 +109,12 @@ export async function readTemplate(root: string, key: string, identity?: Templat
   if (typeof meta.identity?.spec?.memoryMiB !== 'number' || typeof meta.memory?.ino !== 'string') bad(`${TEMPLATE_FILES.meta}: no identity or memory record`);
   if (meta.key !== key) bad(`made for key ${JSON.stringify(meta.key)}, not ${key} (a foreign template)`);
   if (identity && !sameJson(meta.identity, identity)) bad('made from other files or settings (a foreign template)');
-  const memoryFile = join(dir, TEMPLATE_FILES.memory);
+  const holder = meta.memoryHolder;
+  if (holder !== undefined && !isAlive(holder)) {
+    // Its sealed RAM went with it: the template is gone (ensure() makes it again).
+    throw new NotFoundError(`template ${dir}: its memory holder (pid ${holder.pid}) is gone`);
+  }
+  const memoryFile = holder ? heldMemoryPath(holder) : join(dir, TEMPLATE_FILES.memory);
   const stateFile = join(dir, TEMPLATE_FILES.state);
   const mem = await fileIdentity(memoryFile, 'memory').catch(() => bad(`${TEMPLATE_FILES.memory} is missing`));
   const wantBytes = BigInt(meta.identity.spec.memoryMiB) * 1024n * 1024n;
@@ -115,19 +127,22 @@ export async function readTemplate(root: string, key: string, identity?: Templat
 }
 
 /** Makes the building dir's files the template `key` (one rename: a template is whole or absent). */
-export async function commitTemplate(root: string, key: string, meta: Omit<TemplateMeta, 'memory' | 'stateBytes' | 'stateSha256'>): Promise<Template> {
+export async function commitTemplate(root: string, key: string, meta: Omit<TemplateMeta, 'memory' | 'stateBytes' | 'stateSha256'>, logger?: Logger): Promise<Template> {
   const b = buildingDir(root, key);
   const stateFile = join(b, TEMPLATE_FILES.state);
   const st = await stat(stateFile);
   if (st.size === 0) throw new FailedPreconditionError(`template ${key}: the saved state is empty (disk full?)`);
   const full: TemplateMeta = {
     ...meta,
-    // The identity after the rename (same inode; rename changes the ctime of neither file).
-    memory: { ...(await fileIdentity(join(b, TEMPLATE_FILES.memory), 'memory')), path: join(templateDir(root, key), TEMPLATE_FILES.memory) },
+    // The identity after the rename (same inode; rename changes the ctime of neither file), or the held memfd's.
+    memory: meta.memoryHolder
+      ? await fileIdentity(heldMemoryPath(meta.memoryHolder), 'memory')
+      : { ...(await fileIdentity(join(b, TEMPLATE_FILES.memory), 'memory')), path: join(templateDir(root, key), TEMPLATE_FILES.memory) },
     stateBytes: st.size,
     stateSha256: await sha256File(stateFile),
   };
   await writeFile(join(b, TEMPLATE_FILES.meta), `${JSON.stringify(full, null, 2)}\n`, { mode: 0o600 });
+  await releaseHolder(templateDir(root, key), logger);
   await rm(templateDir(root, key), { recursive: true, force: true });
   await rename(b, templateDir(root, key));
   await rm(failureFile(root, key), { force: true });
@@ -185,6 +200,13 @@ export interface TemplateStatus {
   lastFailure?: FailureRecord;
 }
 
+/** Ends the memory holder a template dir's meta names, if it still runs (a removed dir would end it within a second anyway). */
+async function releaseHolder(dir: string, logger?: Logger): Promise<void> {
+  const meta = await readFile(join(dir, TEMPLATE_FILES.meta), 'utf8').then((t) => JSON.parse(t) as Partial<TemplateMeta>).catch(() => undefined);
+  const h = meta?.memoryHolder;
+  if (h && Number.isInteger(h.pid) && Number.isInteger(h.startTime)) await releaseMemory(h, logger);
+}
+
 /** Every template, build and recorded failure under `root`. */
 export async function listTemplates(root: string): Promise<TemplateStatus[]> {
   let names: string[];
@@ -221,7 +243,7 @@ export async function listTemplates(root: string): Promise<TemplateStatus[]> {
 }
 
 /** Removes every template, build, lock and failure record under `root` (only names this store makes), then `root` if empty. */
-export async function destroyTemplates(root: string): Promise<string[]> {
+export async function destroyTemplates(root: string, logger?: Logger): Promise<string[]> {
   let names: string[];
   try {
     names = await readdir(root);
@@ -231,6 +253,7 @@ export async function destroyTemplates(root: string): Promise<string[]> {
   const removed: string[] = [];
   for (const n of names) {
     if (!KEY_RE.test(n.split('.')[0]!)) continue;
+    await releaseHolder(join(root, n), logger);
     await rm(join(root, n), { recursive: true, force: true });
     removed.push(join(root, n));
   }

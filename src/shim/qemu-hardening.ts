@@ -33,9 +33,6 @@ export function qemuHardening(cfg: KataConfig): QemuHardening {
       `so it keeps ${FILE_CAPS.map((c) => `CAP_${c.toUpperCase()}`).join(', ')} inside its jail (still its own uid, no_new_privs, seccomp, the jail's files only)`,
     );
   }
-  if (q.rootless && cfg.factory.enable_template) {
-    weakened.push('[factory] enable_template = true: a clone\'s QEMU opens the template\'s memory file read-write (QEMU 7.2 has no read-only private mapping): a clone broken into could change the pages its sibling clones share');
-  }
   if (q.seccompsandbox === '') {
     weakened.push('[hypervisor.qemu] seccompsandbox = "": QEMU runs without its seccomp filter');
   } else {

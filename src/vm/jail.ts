@@ -16,11 +16,12 @@
  *                              socket, the migration socket
  *   /dev/{null,zero,urandom}   and /dev/kvm (kvm) or /dev/vhost-net (vhost),
  *                              owned by the jailed uid
- *   with VM templates          the template's memory file and the pod's 9p
- *                              shared dir (read-write: QEMU 7.2 opens guest
- *                              RAM files read-write, and serves 9p itself),
- *                              and a /proc of its own processes only (9p
- *                              changes modes through /proc/self/fd)
+ *   with VM templates          the pod's 9p shared dir (read-write: QEMU
+ *                              serves 9p itself), a /proc of its own
+ *                              processes only (9p changes modes through
+ *                              /proc/self/fd; a clone maps its template's
+ *                              sealed RAM, a descriptor the jailer opened,
+ *                              through /proc/self/fd/4)
  * Nothing else: no /etc, /sys, /run, /var, /home, no other pod.
  */
 import { lstatSync, readlinkSync } from 'node:fs';
@@ -70,6 +71,8 @@ export interface JailPlan {
   keepCaps: readonly string[];
   /** A /proc showing only the jailed uid's own processes (QEMU's 9p server needs /proc/self/fd). */
   proc?: boolean;
+  /** Files the jailer opens read-write (as root, before the uid change) as these descriptors. */
+  inherits?: Array<{ fd: number; path: string }>;
   taps: Array<{ fd: number; ifname: string }>;
   netns?: string;
   pdeathsig: boolean;
@@ -124,6 +127,7 @@ export function jailedCommand(jailer: string, plan: JailPlan, program: string, a
   const a = ['--uid', String(plan.uid), '--gid', String(plan.gid)];
   if (plan.netns !== undefined) a.push('--netns', plan.netns);
   for (const t of plan.taps) a.push('--tap', `${t.fd}:${t.ifname}`);
+  for (const f of plan.inherits ?? []) a.push('--inherit', `${f.fd}=${f.path}`);
   a.push('--root', plan.root);
   for (const p of binds.readOnly) a.push('--bind-ro', p);
   for (const p of binds.readWrite) a.push('--bind', p);

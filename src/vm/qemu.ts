@@ -200,6 +200,8 @@ interface Plan {
   dieWithParent: boolean;
   incomingState: string | undefined;
   jail: Required<JailSettings> | undefined;
+  /** A jailed clone's held template RAM: the jailer opens it as INHERITED_MEMORY_FD. */
+  inheritMemory: string | undefined;
 }
 
 /** Restore: migrate-incoming → the VM running (the state is a few hundred KB; RAM is not in it). */
@@ -214,6 +216,10 @@ function checkStatePath(path: string, field: string): void {
 
 /** The descriptor a restoring QEMU reads its incoming state from (`migrate-incoming fd:3`). */
 const INCOMING_STATE_FD = 3;
+/** The descriptor a jailed clone maps its template's held RAM from (`mem-path=/proc/self/fd/4`). */
+const INHERITED_MEMORY_FD = 4;
+/** A template's RAM held in a sealed memfd (src/factory/memory-holder.ts): another process's descriptor. */
+const HELD_MEMORY = /^\/proc\/\d+\/fd\/\d+$/;
 
 /** `name` as spawn would find it on PATH (the jailer execs an absolute path only). */
 function resolveOnPath(name: string): string {
@@ -341,6 +347,9 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       }
     }
     const tscKhz = machine === 'microvm' ? hostTscKhz() : undefined;
+    // A jailed QEMU cannot reach another process's descriptor: the jailer opens it for QEMU.
+    const inheritMemory = jail && opts.memoryFile && HELD_MEMORY.test(opts.memoryFile.path) ? opts.memoryFile.path : undefined;
+    const memoryFile = opts.memoryFile && inheritMemory ? { ...opts.memoryFile, path: `/proc/self/fd/${INHERITED_MEMORY_FD}` } : opts.memoryFile;
     const qemuConfig: QemuConfig = {
       machine,
       accel: opts.accel,
@@ -354,7 +363,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       qmpSocket: q(VM_FILES.qmp),
       devices,
       name: `sandbox-${opts.sandboxId.slice(0, 32)}`,
-      ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
+      ...(memoryFile ? { memoryFile } : {}),
       ...(opts.incomingState !== undefined ? { incoming: true } : {}),
       ...(opts.hotplug !== undefined ? { hotplug: opts.hotplug } : {}),
       ...(opts.seccompSandbox !== undefined ? { seccompSandbox: opts.seccompSandbox } : {}),
@@ -369,6 +378,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       dieWithParent: opts.dieWithParent ?? false,
       incomingState: opts.incomingState,
       jail,
+      inheritMemory,
     };
     this.st = {
       version: VM_STATE_VERSION,
@@ -700,10 +710,12 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         serves9p = true;
       }
     }
-    if (cfg.memoryFile) readWrite.push(cfg.memoryFile.path);
-    // 9p: QEMU acts on the pod's files with the guest's ownership. A clone: QEMU
-    // 7.2 opens the template's RAM file read-write (never writing it: MAP_PRIVATE).
-    const fileCaps = serves9p || (cfg.memoryFile !== undefined && !cfg.memoryFile.share);
+    // A held template RAM comes as a descriptor (a sealed memfd, read through /proc/self/fd);
+    // another memory file is bound in.
+    if (cfg.memoryFile && plan.inheritMemory === undefined) readWrite.push(cfg.memoryFile.path);
+    // 9p: QEMU acts on the pod's files with the guest's ownership. A clone of an
+    // unsealed template: QEMU 7.2 opens its root-owned RAM file read-write.
+    const fileCaps = serves9p || (cfg.memoryFile !== undefined && !cfg.memoryFile.share && plan.inheritMemory === undefined);
     return {
       uid: j.uid,
       gid: j.gid,
@@ -712,7 +724,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       readWrite,
       devices: ['null', 'zero', 'urandom', ...(cfg.accel === 'kvm' ? ['kvm'] : []), ...(vhost ? ['vhost-net'] : [])],
       keepCaps: fileCaps ? FILE_CAPS : [],
-      proc: serves9p,
+      proc: serves9p || plan.inheritMemory !== undefined,
+      ...(plan.inheritMemory !== undefined ? { inherits: [{ fd: INHERITED_MEMORY_FD, path: plan.inheritMemory }] } : {}),
       taps,
       ...(plan.netns !== undefined ? { netns: plan.netns } : {}),
       pdeathsig: plan.dieWithParent,

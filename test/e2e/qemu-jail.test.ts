@@ -13,19 +13,23 @@
  *   namespace), while its own dir does;
  * - the pod works (exec), and ending it gives everything back: QEMU gone,
  *   the uid leases released, nothing left (the leak check);
+ * - VM templates: each clone's QEMU is jailed with its own uid too, keeping
+ *   only the four file capabilities QEMU's 9p server needs; the template's
+ *   RAM lives in a sealed memfd (src/factory/memory-holder.ts) that clones
+ *   map and that nobody can write; removing the template ends its holder;
  * - `rootless = false` and `seccompsandbox = ""` run QEMU as root without a
  *   filter, and the shim's log says so at start, naming both keys.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { busyboxImage, importImage, projectRoot } from '../harness/busybox.js';
-import { startContainerd, type Containerd } from '../harness/containerd.js';
+import { startContainerd, waitFor, type Containerd } from '../harness/containerd.js';
 import { forceRemove, ok, qemuPids, waitStatus } from '../harness/ctr.js';
-import { defaultConfigText, GUEST_DIR } from '../harness/guest.js';
+import { defaultConfigText, GUEST_DIR, templateConfigEdit } from '../harness/guest.js';
 import { assertPodGone, podBaseline, type PodBaseline } from '../harness/pod-leaks.js';
 
 const KATA = 'io.containerd.kata.v2';
@@ -152,6 +156,70 @@ describe('QEMU with least privilege (default configuration)', { timeout: 900_000
     for (const id of pods) await forceRemove(c, id);
     await assertPodGone(c, base, 'jailed pods ended');
     assert.equal(existsSync(join(c.kataRunRoot, '.uids')), false, 'no uid lease left');
+  });
+
+  it('VM templates: the clone\'s QEMU is jailed too (only the 9p file capabilities), its RAM a sealed memfd no one can write', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kata-jail-tpl-'));
+    const templates = join(dir, 'templates');
+    try {
+      const cfg = join(dir, 'configuration.toml');
+      writeFileSync(cfg, templateConfigEdit(templates)(defaultConfigText()));
+      const run = async (id: string): Promise<number> => {
+        const before = new Set(qemuPids(c));
+        ok(await c.ctr(['run', '-d', '--runtime', KATA, '--runtime-config-path', cfg, busyboxImage().name, id, 'sh', '-c', 'mkdir -p /www && echo up > /www/i && sleep 600'], { timeoutMs: 300_000 }), `run ${id}`);
+        await waitStatus(c, id, 'RUNNING');
+        const pid = qemuPids(c).filter((p) => !before.has(p))[0];
+        assert.ok(pid, `the QEMU of ${id}`);
+        return pid;
+      };
+      // The first pod makes the template, then is its clone, as is the second.
+      const pids = [await run('tpl-a'), await run('tpl-b')];
+      try {
+        assert.equal((c.logTail(2000).match(/"msg":"VM cloned from a template"/g) ?? []).length >= 2, true, 'both pods are clones');
+        const [key] = readdirSync(templates).filter((n) => /^[0-9a-f]{24}$/.test(n));
+        assert.ok(key, `a template under ${templates}`);
+        const meta = JSON.parse(readFileSync(join(templates, key, 'meta.json'), 'utf8')) as { memoryHolder?: { pid: number } };
+        const holder = meta.memoryHolder?.pid;
+        assert.ok(holder, 'the template names its memory holder');
+        assert.equal(existsSync(join(templates, key, 'memory')), false, 'no memory file: the RAM is in the memfd only');
+        const held = `/proc/${holder}/fd/3`;
+        assert.equal(readlinkSync(held), '/memfd:kata-ts-template-memory (deleted)');
+        // Sealed: not even root can write it, or punch a hole.
+        const fd = openSync(held, 'r+');
+        try {
+          assert.throws(() => writeSync(fd, 'x', 0), /EPERM/);
+          assert.throws(() => ftruncateSync(fd, 0), /EPERM/);
+        } finally {
+          closeSync(fd);
+        }
+        const uids = new Set<number>();
+        for (const pid of pids) {
+          const st = procStatus(pid);
+          assert.ok(st.uid[0] !== 0, `clone QEMU ${pid} is not root`);
+          uids.add(st.uid[0]!);
+          // CAP_CHOWN, DAC_OVERRIDE, FOWNER, FSETID (bits 0, 1, 3, 4): QEMU serves the pod's 9p share.
+          assert.equal(st.caps['CapEff'], '000000000000001b', `clone QEMU ${pid}: the 9p file capabilities only`);
+          assert.equal(st.caps['CapBnd'], '000000000000001b');
+          assert.equal(st.noNewPrivs, '1');
+          assert.equal(st.seccomp, '2');
+          assert.match(readFileSync(`/proc/${pid}/maps`, 'utf8'), /memfd:kata-ts-template-memory/, `clone QEMU ${pid} maps the sealed template RAM`);
+        }
+        assert.equal(uids.size, 2, 'two clones, two uids');
+        // The container wrote through 9p as root in the guest (mkdir at its rootfs' top).
+        const r = await c.ctr(['task', 'exec', '--exec-id', 'cat', 'tpl-b', 'cat', '/www/i'], { timeoutMs: 60_000 });
+        ok(r, 'exec cat');
+        assert.equal(r.stdout, 'up\n');
+      } finally {
+        for (const id of ['tpl-a', 'tpl-b']) await forceRemove(c, id).catch(() => {});
+      }
+      await assertPodGone(c, base, 'the clones ended');
+      const holder = (JSON.parse(readFileSync(join(templates, readdirSync(templates).find((n) => /^[0-9a-f]{24}$/.test(n))!, 'meta.json'), 'utf8')) as { memoryHolder: { pid: number } }).memoryHolder.pid;
+      // The template outlives its pods; removing it ends the holder (it watches its dir).
+      rmSync(templates, { recursive: true, force: true });
+      await waitFor(() => !existsSync(`/proc/${holder}`), { timeoutMs: 10_000, what: 'the memory holder ends with its template' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('rootless = false, seccompsandbox = "": QEMU as root without a filter, and the shim warns naming both keys', async () => {

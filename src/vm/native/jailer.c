@@ -37,11 +37,30 @@
  *
  * Usage: kata-ts-jailer --uid N --gid N [--groups N,N...] [--netns PATH]
  *          [--tap FD:IFNAME]... [--root DIR [--bind-ro PATH]... [--bind PATH]...
- *          [--symlink L=T]... [--dev NAME]... [--proc]] [--keep-cap NAME]... [--pdeathsig]
+ *          [--symlink L=T]... [--dev NAME]... [--proc]] [--inherit FD=PATH]...
+ *          [--keep-cap NAME]... [--pdeathsig]
  *          -- PROGRAM ARGS...
  *
  * On failure: one line "kata-ts-jailer: <step>: <reason>" on stderr (QEMU's
  * log) and exit status 126, before anything runs as the jailed user.
+ *
+ * Two more jobs, both for VM templates:
+ *
+ *   --inherit FD=PATH   (with the options above) opens PATH read-write as
+ *                       root, before the uid change, as descriptor FD: a
+ *                       clone's guest RAM, `mem-path=/proc/self/fd/FD`.
+ *
+ *   kata-ts-jailer --hold-memory   (stdin: a template's memory file; cwd:
+ *                       its template dir) copies the file (holes stay holes)
+ *                       into a memfd on descriptor 3 and seals it for good
+ *                       (F_SEAL_WRITE, SHRINK, GROW, SEAL: no write(2), no
+ *                       writable shared mapping, no hole punching, by anyone),
+ *                       prints its size on stdout, then holds it until its
+ *                       template dir is removed (checked every second) or
+ *                       SIGTERM. QEMU 7.2 opens a guest RAM file read-write
+ *                       even for a private copy-on-write mapping: without the
+ *                       seals a clone could change pages every clone of the
+ *                       template shares. Clones get /proc/<pid>/fd/3.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -57,6 +76,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -83,6 +103,7 @@ static void die(const char *fmt, ...) {
 #define DIE(...) do { errno = 0; die(__VA_ARGS__); } while (0)
 
 struct tap { int fd; const char *name; };
+struct inherit { int fd; const char *path; };
 
 struct opts {
   long uid, gid;
@@ -91,6 +112,8 @@ struct opts {
   const char *netns;
   struct tap taps[MAX_ITEMS];
   int ntaps;
+  struct inherit inherits[MAX_ITEMS];
+  int ninherits;
   const char *root;
   const char *binds_ro[MAX_ITEMS];
   int nbinds_ro;
@@ -160,6 +183,18 @@ static void parse(int argc, char **argv, struct opts *o) {
       o->taps[o->ntaps].fd = (int)number(fd, "--tap descriptor", 3, 1023);
       o->taps[o->ntaps].name = colon + 1;
       o->ntaps++;
+    } else if (strcmp(a, "--inherit") == 0) {
+      const char *eq = strchr(v, '=');
+      if (!eq || eq == v || eq[1] != '/') DIE("--inherit: want FD=/PATH, got %s", v);
+      if (o->ninherits >= MAX_ITEMS) DIE("too many --inherit");
+      char fd[16];
+      size_t n = (size_t)(eq - v);
+      if (n >= sizeof fd) DIE("--inherit: bad descriptor in %s", v);
+      memcpy(fd, v, n);
+      fd[n] = 0;
+      o->inherits[o->ninherits].fd = (int)number(fd, "--inherit descriptor", 3, 1023);
+      o->inherits[o->ninherits].path = eq + 1;
+      o->ninherits++;
     } else if (strcmp(a, "--root") == 0) o->root = v;
     else if (strcmp(a, "--bind-ro") == 0) add(o->binds_ro, &o->nbinds_ro, v, a);
     else if (strcmp(a, "--bind") == 0) add(o->binds_rw, &o->nbinds_rw, v, a);
@@ -178,6 +213,69 @@ static void parse(int argc, char **argv, struct opts *o) {
   if (argv[i][0] != '/') DIE("program must be an absolute path: %s", argv[i]);
   if (!o->root && (o->nbinds_ro || o->nbinds_rw || o->nsymlinks || o->ndevs || o->proc)) DIE("--bind, --symlink, --dev and --proc need --root");
   o->argv = argv + i;
+}
+
+/* PATH opened read-write as descriptor FD (not close-on-exec: QEMU inherits it). */
+static void inherit_file(const struct inherit *in) {
+  int fd = open(in->path, O_RDWR | O_CLOEXEC);
+  if (fd < 0) die("inherit %s", in->path);
+  if (fd != in->fd) {
+    if (dup2(fd, in->fd) < 0) die("inherit %s: dup2 to %d", in->path, in->fd);
+    close(fd);
+  } else if (fcntl(fd, F_SETFD, 0) < 0) die("inherit %s: clear close-on-exec", in->path);
+}
+
+static int hold_memory(void) {
+  struct stat st;
+  if (fstat(0, &st) < 0) die("hold-memory: stat stdin");
+  if (!S_ISREG(st.st_mode) || st.st_size <= 0) DIE("hold-memory: stdin is not a non-empty regular file");
+  int mfd = memfd_create("kata-ts-template-memory", MFD_ALLOW_SEALING);
+  if (mfd < 0) die("hold-memory: memfd_create");
+  if (mfd != 3) {
+    if (dup2(mfd, 3) < 0) die("hold-memory: dup2 to 3");
+    close(mfd);
+    mfd = 3;
+  }
+  if (ftruncate(mfd, st.st_size) < 0) die("hold-memory: size the memfd");
+  static char buf[1 << 20];
+  off_t off = 0;
+  for (;;) {
+    off_t data = lseek(0, off, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break; /* no data past off */
+      die("hold-memory: SEEK_DATA");
+    }
+    off_t hole = lseek(0, data, SEEK_HOLE);
+    if (hole < 0) die("hold-memory: SEEK_HOLE");
+    for (off_t at = data; at < hole;) {
+      size_t want = (size_t)(hole - at) < sizeof buf ? (size_t)(hole - at) : sizeof buf;
+      ssize_t n = pread(0, buf, want, at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) die("hold-memory: read");
+      for (ssize_t done = 0; done < n;) {
+        ssize_t w = pwrite(mfd, buf + done, (size_t)(n - done), at + done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) die("hold-memory: write the memfd");
+        done += w;
+      }
+      at += n;
+    }
+    off = hole;
+  }
+  if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) die("hold-memory: seal");
+  int dir = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) die("hold-memory: open the template dir");
+  printf("%lld\n", (long long)st.st_size);
+  fflush(stdout);
+  /* Nothing of the caller's stays open: stdio to /dev/null. */
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0) die("hold-memory: /dev/null");
+  for (int i = 0; i <= 2; i++) dup2(null, i);
+  close(null);
+  for (;;) {
+    sleep(1);
+    if (fstat(dir, &st) < 0 || st.st_nlink == 0) return 0; /* the template is gone */
+  }
 }
 
 static void enter_netns(const char *path) {
@@ -334,6 +432,7 @@ static void drop_privileges(const struct opts *o, int lastcap) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--hold-memory") == 0) return hold_memory();
   struct opts o;
   parse(argc, argv, &o);
   if (geteuid() != 0) DIE("must start as root (it drops to --uid %ld)", o.uid);
@@ -341,6 +440,7 @@ int main(int argc, char **argv) {
   int lastcap = last_cap();
   if (o.netns) enter_netns(o.netns);
   for (int i = 0; i < o.ntaps; i++) open_tap(&o.taps[i]);
+  for (int i = 0; i < o.ninherits; i++) inherit_file(&o.inherits[i]);
   if (o.root) jail(&o);
   drop_privileges(&o, lastcap);
   if (o.pdeathsig) {
