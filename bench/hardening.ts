@@ -37,8 +37,8 @@ import { startContainerd, waitFor, type Containerd } from '../test/harness/conta
 import { logSince } from '../test/harness/ctr.js';
 import { defaultConfigText } from '../test/harness/guest.js';
 import {
-  cell, check, copyContainerdLog, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, median, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf,
-  type PodMem,
+  cell, check, commonOptions, COMMON_USAGE, endBench, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, median, parseOptions, podMem, podPss, removeTask, rotated, runBench, shimLogMs, shimOf,
+  type CommonArgs, type PodMem,
 } from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
@@ -67,21 +67,13 @@ const VARIANTS: Variant[] = [
   { key: 'bare', label: 'kata, rootless = false, seccompsandbox = ""', edit: (t) => seccompOff(rootOff(t)) },
 ];
 
-interface Args { runs: number; execs: number; settleMs: number; json: string | undefined; log: string | undefined }
+interface Args extends CommonArgs { execs: number }
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { runs: 5, execs: 5, settleMs: 5000, json: undefined, log: undefined };
-  parseOptions(argv, {
-    '--runs': (v, k) => void (a.runs = intOption(k, v, 1)),
-    '--execs': (v, k) => void (a.execs = intOption(k, v, 1)),
-    '--settle-ms': (v, k) => void (a.settleMs = intOption(k, v, 0)),
-    '--json': (v) => void (a.json = v),
-    '--log': (v) => void (a.log = v),
-  }, '--runs N, --execs N, --settle-ms N, --json FILE, --log FILE');
+  parseOptions(argv, { ...commonOptions(a), '--execs': (v, k) => void (a.execs = intOption(k, v, 1)) }, `${COMMON_USAGE}, --execs N`);
   return a;
 }
-
-const rotated = <T>(xs: T[], i: number): T[] => xs.map((_, j) => xs[(i + j) % xs.length]!);
 
 interface IdleRun { mem: PodMem; execMs: number[] }
 
@@ -193,16 +185,8 @@ async function main(): Promise<void> {
     console.log(lines.join('\n'));
   } finally {
     clearInterval(sampler);
-    copyContainerdLog(c, a.log, 'bench/hardening');
-    try {
-      await c?.stop();
-    } finally {
-      await removeBenchDir(benchDir, 'bench/hardening');
-    }
+    await endBench('bench/hardening', c, { log: a.log, dir: benchDir });
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench/hardening: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exit(1);
-});
+runBench('bench/hardening', main);

@@ -217,3 +217,42 @@ export function copyContainerdLog(c: Containerd | undefined, to: string | undefi
     process.stderr.write(`${bench}: copying containerd's log: ${String(e)}\n`);
   }
 }
+
+/**
+ * The end of a bench on a private containerd, on every path: the log copied
+ * (--log), containerd stopped, then the bench's own dir removed.
+ */
+export async function endBench(bench: string, c: Containerd | undefined, opts: { log: string | undefined; dir: string; before?: () => void }): Promise<void> {
+  copyContainerdLog(c, opts.log, bench);
+  try {
+    await c?.stop();
+  } finally {
+    opts.before?.();
+    await removeBenchDir(opts.dir, bench);
+  }
+}
+
+/** Runs a bench's main; a failure is printed with its stack and exits 1. */
+export function runBench(bench: string, main: () => Promise<void>): void {
+  main().catch((err: unknown) => {
+    process.stderr.write(`${bench}: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}
+
+/** The options every bench on a private containerd takes. */
+export interface CommonArgs { runs: number; settleMs: number; json: string | undefined; log: string | undefined }
+
+/** parseOptions handlers for CommonArgs (--runs N ≥ 1, --settle-ms N, --json FILE, --log FILE), writing into `a`. */
+export function commonOptions(a: CommonArgs): Record<string, (value: string, name: string) => void> {
+  return {
+    '--runs': (v, k) => void (a.runs = intOption(k, v, 1)),
+    '--settle-ms': (v, k) => void (a.settleMs = intOption(k, v, 0)),
+    '--json': (v) => void (a.json = v),
+    '--log': (v) => void (a.log = v),
+  };
+}
+export const COMMON_USAGE = '--runs N, --settle-ms N, --json FILE, --log FILE';
+
+/** Round `i`'s order: the variants rotated by i. */
+export const rotated = <T>(xs: T[], i: number): T[] => xs.map((_, j) => xs[(i + j) % xs.length]!);

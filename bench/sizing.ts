@@ -45,8 +45,8 @@ import { startContainerd, waitFor, type Containerd } from '../test/harness/conta
 import { logSince, podAnnotations } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
 import {
-  cell, check, copyContainerdLog, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, median, origins, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf,
-  type PodMem,
+  cell, check, commonOptions, COMMON_USAGE, endBench, fmtMB, fmtMs, fmtRatio, foreignLoad, logSize, median, origins, parseOptions, podMem, podPss, removeTask, rotated, runBench, shimLogMs, shimOf,
+  type CommonArgs, type PodMem,
 } from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
@@ -84,21 +84,11 @@ const IDLE_VARIANTS: Array<Variant & { grown?: boolean }> = [
   { key: 'q35-grown', label: 'kata q35 grown by a 2nd container', config: 'q35', sized: false, grown: true, vm: '1 vCPU, 256 MiB + 1 vCPU + 1 GiB (hot-plug)' },
 ];
 
-interface Args { runs: number; settleMs: number; json: string | undefined; log: string | undefined }
-
-function parseArgs(argv: string[]): Args {
-  const a: Args = { runs: 5, settleMs: 5000, json: undefined, log: undefined };
-  parseOptions(argv, {
-    '--runs': (v, k) => void (a.runs = intOption(k, v, 1)),
-    '--settle-ms': (v, k) => void (a.settleMs = intOption(k, v, 0)),
-    '--json': (v) => void (a.json = v),
-    '--log': (v) => void (a.log = v),
-  }, '--runs N, --settle-ms N, --json FILE, --log FILE');
+function parseArgs(argv: string[]): CommonArgs {
+  const a: CommonArgs = { runs: 5, settleMs: 5000, json: undefined, log: undefined };
+  parseOptions(argv, commonOptions(a), COMMON_USAGE);
   return a;
 }
-
-/** Round `i`'s order: the variants rotated by i. */
-const rotated = <T>(xs: T[], i: number): T[] => xs.map((_, j) => xs[(i + j) % xs.length]!);
 
 /** What the guest of pod `id` sees: MemTotal (bytes) and online CPUs. */
 async function guestView(c: Containerd, id: string): Promise<{ memTotal: number; cpus: number } | undefined> {
@@ -329,16 +319,8 @@ async function main(): Promise<void> {
     console.log(lines.join('\n'));
   } finally {
     clearInterval(sampler);
-    copyContainerdLog(c, a.log, 'bench/sizing');
-    try {
-      await c?.stop();
-    } finally {
-      await removeBenchDir(benchDir, 'bench/sizing');
-    }
+    await endBench('bench/sizing', c, { log: a.log, dir: benchDir });
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench/sizing: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exit(1);
-});
+runBench('bench/sizing', main);

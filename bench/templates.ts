@@ -61,7 +61,7 @@ import { startContainerd, waitFor, type Containerd } from '../test/harness/conta
 import { logSince, tasks } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
 import {
-  cell, check, copyContainerdLog, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, MB, median, origins, parseOptions, podMem, podPss, removeBenchDir, removeTask, shimLogMs, shimOf, sum,
+  cell, check, endBench, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, MB, median, origins, parseOptions, podMem, podPss, removeTask, runBench, shimLogMs, shimOf, sum,
   type Origins, type PodMem,
 } from './lib.js';
 
@@ -483,18 +483,9 @@ async function main(): Promise<void> {
   } finally {
     stopSampler();
     cri?.close();
-    copyContainerdLog(c, a.log, 'bench/templates');
-    try {
-      await c?.stop();
-    } finally {
-      net.close();
-      // A template build's QEMU names the bench dir (not containerd's): end any left, by pid, then remove the dir.
-      await removeBenchDir(benchDir, 'bench/templates');
-    }
+    // A template build's QEMU names the bench dir (not containerd's): endBench ends any left, by pid, then removes the dir.
+    await endBench('bench/templates', c, { log: a.log, dir: benchDir, before: () => net.close() });
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench/templates: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exit(1);
-});
+runBench('bench/templates', main);

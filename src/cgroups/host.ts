@@ -131,11 +131,9 @@ export class HostCgroup {
    * failures together (a hierarchy with no origin under its mount is one).
    */
   async leave(pid: number, origin: string): Promise<void> {
-    const entries = parseProcCgroup(origin);
     const failed: string[] = [];
     for (const m of this.mounts) {
-      const from = entries.find((e) => (m.version === 2 ? e.controllers.length === 0 : e.controllers.some((c) => m.controllers.includes(c))))?.path;
-      const d = from !== undefined ? dirIn(m, from) : undefined;
+      const d = originDir(m, origin);
       if (!d) {
         failed.push(`${m.mountPoint}: no origin cgroup under this mount`);
         continue;
@@ -150,6 +148,21 @@ export class HostCgroup {
     await removeCreated(this.created, timeoutMs);
     this.created.length = 0;
   }
+}
+
+/**
+ * The cgroup.procs file of every hierarchy's cgroup in `origin` (a
+ * /proc/<pid>/cgroup text): writing a pid to each puts that process where
+ * `origin` was.
+ */
+export function originProcsFiles(origin: string, mounts: CgroupMount[] = podCgroupMounts(readFileSync('/proc/self/mountinfo', 'utf8'))): string[] {
+  return mounts.map((m) => originDir(m, origin)).filter((d): d is string => d !== undefined).map((d) => join(d, 'cgroup.procs'));
+}
+
+/** `origin`'s cgroup (a /proc/<pid>/cgroup text) as a directory of mount `m`, if it lies under it. */
+function originDir(m: CgroupMount, origin: string): string | undefined {
+  const from = parseProcCgroup(origin).find((e) => (m.version === 2 ? e.controllers.length === 0 : e.controllers.some((c) => m.controllers.includes(c))))?.path;
+  return from !== undefined ? dirIn(m, from) : undefined;
 }
 
 /**

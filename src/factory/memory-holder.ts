@@ -24,13 +24,17 @@ export function heldMemoryPath(holder: ProcessIdentity): string {
   return `/proc/${holder.pid}/fd/3`;
 }
 
-/** Starts the holder on `memoryFile` (in its template dir); resolves with its identity once the memfd is sealed. */
-export function holdMemory(jailer: string, memoryFile: string, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ProcessIdentity> {
+/**
+ * Starts the holder on `memoryFile` (in its template dir); resolves with its
+ * identity once the memfd is sealed. `cgroupProcs`: cgroup.procs files it
+ * joins first (the shim's origin, when the shim sits in a pod's cgroup).
+ */
+export function holdMemory(jailer: string, memoryFile: string, opts: { timeoutMs?: number; signal?: AbortSignal; cgroupProcs?: readonly string[] } = {}): Promise<ProcessIdentity> {
   const fd = openSync(memoryFile, 'r');
   return new Promise<ProcessIdentity>((resolve, reject) => {
     let child: ReturnType<typeof spawn>;
     try {
-      child = spawn(jailer, ['--hold-memory'], { cwd: dirname(memoryFile), stdio: [fd, 'pipe', 'pipe'], detached: true });
+      child = spawn(jailer, ['--hold-memory', ...(opts.cgroupProcs ?? [])], { cwd: dirname(memoryFile), stdio: [fd, 'pipe', 'pipe'], detached: true });
     } finally {
       closeSync(fd);
     }

@@ -51,6 +51,12 @@ export interface TemplateFactoryOptions {
    * A failure is logged and the template is saved as it is.
    */
   warmUp?: (agent: AgentClient, hostSharedDir: string, signal?: AbortSignal) => Promise<void>;
+  /**
+   * cgroup.procs files the template's memory holder joins before it holds
+   * anything (memory-holder.ts): where the shim came from, when the shim
+   * sits in the cgroup of the pod whose start made the template.
+   */
+  holderCgroupProcs?: () => string[];
 }
 
 /** How a pod got its VM. */
@@ -212,7 +218,10 @@ export class TemplateFactory {
       await rm(join(dir, 'share'), { recursive: true, force: true });
       if (boot.jail) {
         // Clones of jailed QEMUs map the RAM from a sealed memfd: none can change what its siblings share.
-        holder = await holdMemory(boot.jail.jailer, join(dir, TEMPLATE_FILES.memory), req.signal ? { signal: req.signal } : {});
+        holder = await holdMemory(boot.jail.jailer, join(dir, TEMPLATE_FILES.memory), {
+          ...(req.signal ? { signal: req.signal } : {}),
+          ...(this.opts.holderCgroupProcs ? { cgroupProcs: this.opts.holderCgroupProcs() } : {}),
+        });
         await rm(join(dir, TEMPLATE_FILES.memory)); // its pages are in the memfd now
       }
       const tpl = await commitTemplate(root, key, {

@@ -27,7 +27,7 @@ import { availableParallelism, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { applyAnnotations, jailerPath, kernelModules, kernelParamWords, loadConfig, type KataConfig } from '../config/index.js';
 import { FailedPreconditionError } from '../errors/index.js';
-import { cgroupPathOf, HostCgroup, parseHostCgroupState, removeCreated } from '../cgroups/host.js';
+import { cgroupPathOf, HostCgroup, originProcsFiles, parseHostCgroupState, removeCreated } from '../cgroups/host.js';
 import type { Logger } from '../log/index.js';
 import {
   attachTap, DEFAULT_TAP_NAME, detach, discover, guestInterface, guestRoutes, parseTapState, type TapState,
@@ -202,13 +202,17 @@ export function hotplugRoom(q: KataConfig['hypervisor']['qemu'], host: { cpus: n
 }
 
 export function bootSandboxFactory(logger: Logger, dir: string, config: ShimConfig): SandboxFactory {
-  // [factory] enable_template: the pod's VM is a clone of a template (made on first use) when it can be.
-  const templates = config.cfg?.factory.enable_template
-    ? new TemplateFactory({ root: config.cfg.factory.template_path, logger, buildTimeoutMs: config.cfg.agent.kata.dial_timeout * 1000, warmUp: warmUpGuest })
-    : undefined;
   // Where the shim came from (containerd's cgroup), for sandbox_cgroup_only: read once, before any pod
   // cgroup is joined, so a pod cgroup is always left for it.
   const originCgroup = config.cfg?.runtime.sandbox_cgroup_only ? readFileSync('/proc/self/cgroup', 'utf8') : '';
+  // [factory] enable_template: the pod's VM is a clone of a template (made on first use) when it can be.
+  const templates = config.cfg?.factory.enable_template
+    ? new TemplateFactory({
+      root: config.cfg.factory.template_path, logger, buildTimeoutMs: config.cfg.agent.kata.dial_timeout * 1000, warmUp: warmUpGuest,
+      // A template outlives the pod whose start made it: its memory holder goes where the shim came from.
+      ...(config.cfg.runtime.sandbox_cgroup_only ? { holderCgroupProcs: () => originProcsFiles(originCgroup) } : {}),
+    })
+    : undefined;
   return async ({ podId, netnsPath: podNetns, annotations, cgroupsPath, hostname, limits, signal }) => {
     const cfg = config.cfg;
     if (!cfg) throw config.err;

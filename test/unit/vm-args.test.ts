@@ -7,19 +7,9 @@ import { buildQemuArgs, kernelCmdline, type QemuConfig } from '../../src/vm/qemu
 import { parseTscKhz } from '../../src/vm/host.js';
 import type { DeviceConfig } from '../../src/vm/devices/index.js';
 import { flagValues } from '../harness/argv.js';
+import { BASE_QEMU_CONFIG } from '../harness/vm-config.js';
 
-const BASE: QemuConfig = {
-  machine: 'microvm',
-  accel: 'tcg',
-  vcpus: 1,
-  memoryMiB: 256,
-  kernel: '/k/vmlinux',
-  initrd: '/k/initrd.img',
-  tscKhz: 1_996_249,
-  consoleLog: '/run/kata-ts/s1/console.log',
-  qmpSocket: '/run/kata-ts/s1/qmp.sock',
-  devices: [],
-};
+const BASE: QemuConfig = BASE_QEMU_CONFIG;
 
 const values = flagValues;
 

@@ -2,23 +2,13 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Code, StatusError } from '../../src/errors/index.js';
 import {
   cpuPlugCommands, GUEST_MEMORY_BLOCK_MIB, hotplugKernelParams, MAX_MEMORY_SLOTS, memoryArg, memoryStepMiB, smpArg,
   validateHotplugRoom, type HotplugRoom, type HotpluggableCpu,
 } from '../../src/vm/hotplug.js';
 import { buildQemuArgs, kernelCmdline, MAX_MEMORY_MIB, MAX_VCPUS, type QemuConfig } from '../../src/vm/qemu-args.js';
 import { flagValues } from '../harness/argv.js';
-
-/** Asserts `fn` throws INVALID_ARGUMENT whose message starts with `${field}: `. */
-function throwsNaming(fn: () => unknown, field: string): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof StatusError, String(err));
-    assert.equal(Code[err.code], Code[Code.INVALID_ARGUMENT]);
-    assert.ok(err.message.startsWith(`${field}: `), `message ${JSON.stringify(err.message)} does not name ${field}`);
-    return true;
-  });
-}
+import { throwsNaming } from '../harness/vm-config.js';
 
 const ROOM: HotplugRoom = { maxVcpus: 4, maxMemoryMiB: 2048, memorySlots: 8 };
 const Q35_BOOT = { vcpus: 1, memoryMiB: 256, machine: 'q35' };

@@ -9,29 +9,9 @@ import { DEFAULT_SECCOMP_SANDBOX, FIRST_TAP_FD } from '../../src/vm/jail.js';
 import { buildQemuArgs, type QemuConfig } from '../../src/vm/qemu-args.js';
 import { parseVmState, VM_STATE_VERSION } from '../../src/vm/state.js';
 import { flagValues } from '../harness/argv.js';
+import { BASE_QEMU_CONFIG, throwsNaming } from '../harness/vm-config.js';
 
-/** Asserts `fn` throws INVALID_ARGUMENT whose message starts with `${field}: `. */
-function throwsNaming(fn: () => unknown, field: string): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof StatusError, String(err));
-    assert.equal(Code[err.code], Code[Code.INVALID_ARGUMENT]);
-    assert.ok(err.message.startsWith(`${field}: `), `message ${JSON.stringify(err.message)} does not name ${field}`);
-    return true;
-  });
-}
-
-const BASE: QemuConfig = {
-  machine: 'microvm',
-  accel: 'tcg',
-  vcpus: 1,
-  memoryMiB: 256,
-  kernel: '/k/vmlinux',
-  initrd: '/k/initrd.img',
-  tscKhz: 1_996_249,
-  consoleLog: '/run/kata-ts/s1/console.log',
-  qmpSocket: '/run/kata-ts/s1/qmp.sock',
-  devices: [],
-};
+const BASE: QemuConfig = BASE_QEMU_CONFIG;
 
 // ---------------------------------------------------------------------------
 // -sandbox

@@ -3,23 +3,12 @@
 import assert from 'node:assert/strict';
 import { lstatSync } from 'node:fs';
 import { test } from 'node:test';
-import { Code, StatusError } from '../../src/errors/index.js';
 import {
   binaryPaths, checkJailSettings, DEFAULT_SECCOMP_SANDBOX, FILE_CAPS, FIRST_TAP_FD, flattenBinds, jailedCommand, systemPaths, type JailPlan,
 } from '../../src/vm/jail.js';
 import { DEFAULT_UID_LEASE_DIR, DEFAULT_UID_RANGE } from '../../src/vm/uid-lease.js';
 import { flagValues } from '../harness/argv.js';
-
-/** Asserts `fn` throws INVALID_ARGUMENT whose message starts with `${field}: ` and matches every `re`. */
-function throwsNaming(fn: () => unknown, field: string, ...res: RegExp[]): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof StatusError, String(err));
-    assert.equal(Code[err.code], Code[Code.INVALID_ARGUMENT]);
-    assert.ok(err.message.startsWith(`${field}: `), `message ${JSON.stringify(err.message)} does not name ${field}`);
-    for (const re of res) assert.match(err.message, re);
-    return true;
-  });
-}
+import { throwsNaming } from '../harness/vm-config.js';
 
 // ---------------------------------------------------------------------------
 // flattenBinds

@@ -50,8 +50,12 @@
  *                       root, before the uid change, as descriptor FD: a
  *                       clone's guest RAM, `mem-path=/proc/self/fd/FD`.
  *
- *   kata-ts-jailer --hold-memory   (stdin: a template's memory file; cwd:
- *                       its template dir) copies the file (holes stay holes)
+ *   kata-ts-jailer --hold-memory [CGROUP_PROCS...]   (stdin: a template's
+ *                       memory file; cwd: its template dir) first joins the
+ *                       cgroups whose cgroup.procs files are given (where the
+ *                       shim came from: never the pod cgroup of the pod whose
+ *                       start made the template, which must be removable and
+ *                       must not pay for it), then copies the file (holes stay holes)
  *                       into a memfd on descriptor 3 and seals it for good
  *                       (F_SEAL_WRITE, SHRINK, GROW, SEAL: no write(2), no
  *                       writable shared mapping, no hole punching, by anyone),
@@ -144,6 +148,17 @@ static void add(const char **list, int *n, const char *v, const char *what) {
   list[(*n)++] = v;
 }
 
+/* "FD<sep>REST" (--tap 10:tap0, --inherit 4=/proc/…): the descriptor, 3..1023, and a non-empty REST. */
+static int fd_spec(const char *opt, const char *v, char sep, const char **rest) {
+  const char *p = strchr(v, sep);
+  char fd[16];
+  if (!p || p == v || p[1] == 0 || (size_t)(p - v) >= sizeof fd) DIE("%s: want FD%cVALUE, got %s", opt, sep, v);
+  memcpy(fd, v, (size_t)(p - v));
+  fd[p - v] = 0;
+  *rest = p + 1;
+  return (int)number(fd, opt, 3, 1023);
+}
+
 static const struct { const char *name; int cap; } CAPS[] = {
   { "chown", CAP_CHOWN },
   { "dac_override", CAP_DAC_OVERRIDE },
@@ -172,29 +187,15 @@ static void parse(int argc, char **argv, struct opts *o) {
       }
     } else if (strcmp(a, "--netns") == 0) o->netns = v;
     else if (strcmp(a, "--tap") == 0) {
-      const char *colon = strchr(v, ':');
-      if (!colon || colon == v || strlen(colon + 1) == 0 || strlen(colon + 1) >= IFNAMSIZ) DIE("--tap: want FD:IFNAME, got %s", v);
       if (o->ntaps >= MAX_ITEMS) DIE("too many --tap");
-      char fd[16];
-      size_t n = (size_t)(colon - v);
-      if (n >= sizeof fd) DIE("--tap: bad descriptor in %s", v);
-      memcpy(fd, v, n);
-      fd[n] = 0;
-      o->taps[o->ntaps].fd = (int)number(fd, "--tap descriptor", 3, 1023);
-      o->taps[o->ntaps].name = colon + 1;
-      o->ntaps++;
+      struct tap *t = &o->taps[o->ntaps++];
+      t->fd = fd_spec(a, v, ':', &t->name);
+      if (strlen(t->name) >= IFNAMSIZ) DIE("--tap: interface name too long: %s", t->name);
     } else if (strcmp(a, "--inherit") == 0) {
-      const char *eq = strchr(v, '=');
-      if (!eq || eq == v || eq[1] != '/') DIE("--inherit: want FD=/PATH, got %s", v);
       if (o->ninherits >= MAX_ITEMS) DIE("too many --inherit");
-      char fd[16];
-      size_t n = (size_t)(eq - v);
-      if (n >= sizeof fd) DIE("--inherit: bad descriptor in %s", v);
-      memcpy(fd, v, n);
-      fd[n] = 0;
-      o->inherits[o->ninherits].fd = (int)number(fd, "--inherit descriptor", 3, 1023);
-      o->inherits[o->ninherits].path = eq + 1;
-      o->ninherits++;
+      struct inherit *in = &o->inherits[o->ninherits++];
+      in->fd = fd_spec(a, v, '=', &in->path);
+      if (in->path[0] != '/') DIE("--inherit: not an absolute path: %s", in->path);
     } else if (strcmp(a, "--root") == 0) o->root = v;
     else if (strcmp(a, "--bind-ro") == 0) add(o->binds_ro, &o->nbinds_ro, v, a);
     else if (strcmp(a, "--bind") == 0) add(o->binds_rw, &o->nbinds_rw, v, a);
@@ -225,7 +226,15 @@ static void inherit_file(const struct inherit *in) {
   } else if (fcntl(fd, F_SETFD, 0) < 0) die("inherit %s: clear close-on-exec", in->path);
 }
 
-static int hold_memory(void) {
+static int hold_memory(int ncg, char **cgroup_procs) {
+  for (int i = 0; i < ncg; i++) {
+    int fd = open(cgroup_procs[i], O_WRONLY | O_CLOEXEC);
+    if (fd < 0) die("hold-memory: open %s", cgroup_procs[i]);
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (write(fd, pid, (size_t)n) != n) die("hold-memory: join %s", cgroup_procs[i]);
+    close(fd);
+  }
   struct stat st;
   if (fstat(0, &st) < 0) die("hold-memory: stat stdin");
   if (!S_ISREG(st.st_mode) || st.st_size <= 0) DIE("hold-memory: stdin is not a non-empty regular file");
@@ -432,7 +441,7 @@ static void drop_privileges(const struct opts *o, int lastcap) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 2 && strcmp(argv[1], "--hold-memory") == 0) return hold_memory();
+  if (argc >= 2 && strcmp(argv[1], "--hold-memory") == 0) return hold_memory(argc - 2, argv + 2);
   struct opts o;
   parse(argc, argv, &o);
   if (geteuid() != 0) DIE("must start as root (it drops to --uid %ld)", o.uid);
