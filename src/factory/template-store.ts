@@ -119,7 +119,10 @@ export async function readTemplate(root: string, key: string, identity?: Templat
   const mem = await fileIdentity(memoryFile, 'memory').catch(() => bad(`${TEMPLATE_FILES.memory} is missing`));
   const wantBytes = BigInt(meta.identity.spec.memoryMiB) * 1024n * 1024n;
   if (BigInt(mem.size) !== wantBytes) bad(`${TEMPLATE_FILES.memory} has ${mem.size} bytes, want ${wantBytes} (truncated?)`);
-  if (!sameFile({ ...mem, path: meta.memory.path }, meta.memory)) bad(`${TEMPLATE_FILES.memory} was changed or replaced after the template was made`);
+  // A sealed memfd cannot change, but a refused write still stamps its mtime (the kernel updates the
+  // times before it checks the seals): the same memfd is enough there; a file must also keep its times.
+  const same = holder ? mem.dev === meta.memory.dev && mem.ino === meta.memory.ino && mem.size === meta.memory.size : sameFile({ ...mem, path: meta.memory.path }, meta.memory);
+  if (!same) bad(`${TEMPLATE_FILES.memory} was changed or replaced after the template was made`);
   const st = await stat(stateFile).catch(() => bad(`${TEMPLATE_FILES.state} is missing`));
   if (st.size !== meta.stateBytes) bad(`${TEMPLATE_FILES.state} has ${st.size} bytes, want ${meta.stateBytes} (truncated?)`);
   if ((await sha256File(stateFile)) !== meta.stateSha256) bad(`${TEMPLATE_FILES.state} does not match its recorded SHA-256`);

@@ -3,9 +3,10 @@
 // (FAILED_PRECONDITION naming the cause, NOT_FOUND when there is none), the
 // cross-process build lock (waiting, stale owner taken over, timeout naming
 // the owner), listTemplates (ready / invalid / building / last failure) and
-// destroyTemplates (only the store's names; root only when empty).
+// destroyTemplates (only the store's names; root only when empty); a template
+// whose RAM a holder keeps in a sealed memfd (the real kata-ts-jailer).
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -17,6 +18,8 @@ import {
   templateDir, TEMPLATE_FILES, type TemplateMeta,
 } from '../../src/factory/template-store.js';
 import { identify } from '../../src/vm/proc.js';
+import { holdMemory } from '../../src/factory/memory-holder.js';
+import { shippedJailerPath } from '../../src/config/index.js';
 
 const MiB = 1024 * 1024;
 const MEMORY_MIB = 64;
@@ -391,5 +394,54 @@ test('readTemplate: a meta.json without identity or memory record is FAILED_PREC
     const { key, dir } = await ready(root);
     editMeta(dir, (m) => { delete (m as Partial<TemplateMeta>)[drop]; });
     await rejectsWith(readTemplate(root, key), Code.FAILED_PRECONDITION, /meta\.json/);
+  }
+});
+
+// -----------------------------------------------------------------------------
+// a template whose RAM is held in a sealed memfd (src/factory/memory-holder.ts),
+// with the real kata-ts-jailer --hold-memory (scripts/setup.sh builds it)
+
+test('a held template: the RAM is a sealed memfd at /proc/<holder>/fd/3; a dead holder reads as absent; destroy ends the holder', { skip: process.getuid?.() !== 0 ? 'needs root (the holder is started as the shim starts it)' : false }, async () => {
+  const jailer = shippedJailerPath();
+  assert.ok(existsSync(jailer), `${jailer}: built by scripts/setup.sh`);
+  const root = newRoot();
+  const { key, identity } = await build(root);
+  const b = buildingDir(root, key);
+  // Some data in the sparse file, so that the copy is checked (holes stay holes).
+  const fd = openSync(join(b, TEMPLATE_FILES.memory), 'r+');
+  writeSync(fd, 'template RAM', 5 * MiB);
+  closeSync(fd);
+  const holder = await holdMemory(jailer, join(b, TEMPLATE_FILES.memory));
+  try {
+    rmSync(join(b, TEMPLATE_FILES.memory));
+    const t = await commitTemplate(root, key, { ...metaOf(key, identity), memoryHolder: holder });
+    assert.equal(t.memoryFile, `/proc/${holder.pid}/fd/3`);
+    assert.deepEqual(readdirSync(t.dir).sort(), ['meta.json', 'state'], 'no memory file left to pay for twice');
+    assert.equal(readlinkSync(t.memoryFile), '/memfd:kata-ts-template-memory (deleted)');
+    const m = openSync(t.memoryFile, 'r+');
+    try {
+      assert.equal(fstatSync(m).size, MEMORY_MIB * MiB);
+      const got = Buffer.alloc(12);
+      readSync(m, got, 0, 12, 5 * MiB);
+      assert.equal(got.toString(), 'template RAM');
+      assert.throws(() => writeSync(m, 'x', 0), /EPERM/, 'sealed against writes, root included');
+      assert.throws(() => ftruncateSync(m, 0), /EPERM/, 'and against shrinking');
+    } finally {
+      closeSync(m);
+    }
+    assert.equal((await readTemplate(root, key, identity)).memoryFile, t.memoryFile);
+    // destroy ends the holder (and the memory with it).
+    await destroyTemplates(root);
+    assert.equal(existsSync(`/proc/${holder.pid}`) && identify(holder.pid)?.startTime === holder.startTime, false, 'the holder is gone');
+    // A dead holder: the template is absent (made again), not invalid forever.
+    const again = await build(root);
+    const h2 = await holdMemory(jailer, join(buildingDir(root, again.key), TEMPLATE_FILES.memory));
+    rmSync(join(buildingDir(root, again.key), TEMPLATE_FILES.memory));
+    await commitTemplate(root, again.key, { ...metaOf(again.key, again.identity), memoryHolder: h2 });
+    process.kill(h2.pid, 'SIGKILL');
+    for (let i = 0; i < 100 && identify(h2.pid); i++) await tick();
+    await rejectsWith(readTemplate(root, again.key), Code.NOT_FOUND, new RegExp(`memory holder \\(pid ${h2.pid}\\) is gone`));
+  } finally {
+    if (identify(holder.pid)?.startTime === holder.startTime) process.kill(holder.pid, 'SIGKILL');
   }
 });
