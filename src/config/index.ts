@@ -179,6 +179,8 @@ const TABLES: Record<string, Record<string, KeySpec>> = {
 const NEVER_ANNOTATABLE = new Set<string>([
   'valid_hypervisor_paths', 'valid_kernel_paths', 'valid_initrd_paths', 'valid_image_paths',
   'valid_virtio_fs_daemon_paths', 'enable_annotations',
+  // QEMU's confinement is the operator's, never a pod's (docs/security.md).
+  'rootless', 'rootless_uids', 'jailer_path', 'seccompsandbox',
 ]);
 
 export const ANNOTATION_PREFIX = 'io.katacontainers.config.hypervisor.';

@@ -21,12 +21,22 @@ export interface RootfsMount {
 
 const run = (args: string[]): Promise<void> => runMountCommand('mount', args);
 
+/**
+ * A filesystem mount (overlay) gets nodev and nosuid when it is made, and so
+ * do the copies propagation makes of it: a jailed QEMU serving the pod's 9p
+ * share must not open a device node an image shipped (docs/security.md). In
+ * the guest, the share's own mount decides; the host's flags are never seen.
+ */
+const HOST_SAFE = ['nodev', 'nosuid'];
+
 /** util-linux argv for one containerd Mount onto `target`. */
 export function mountArgv(m: RootfsMount, target: string): string[] {
   if (!m.type && !m.options.some((o) => o === 'bind' || o === 'rbind')) throw new InvalidArgumentError('rootfs: mount type must be set');
   if (m.target) throw new InvalidArgumentError(`rootfs: mount target ${JSON.stringify(m.target)} is not supported`);
   const bind = m.type === 'bind' || m.options.some((o) => o === 'bind' || o === 'rbind');
-  const opts = bind && !m.options.some((o) => o === 'bind' || o === 'rbind') ? ['rbind', ...m.options] : m.options;
+  const opts = bind
+    ? (!m.options.some((o) => o === 'bind' || o === 'rbind') ? ['rbind', ...m.options] : m.options)
+    : [...HOST_SAFE.filter((o) => !m.options.includes(o)), ...m.options];
   const argv = bind ? [] : ['-t', m.type];
   if (opts.length > 0) argv.push('-o', opts.join(','));
   argv.push(m.source || m.type, target);

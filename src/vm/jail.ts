@@ -71,8 +71,13 @@ export interface JailPlan {
   keepCaps: readonly string[];
   /** A /proc showing only the jailed uid's own processes (QEMU's 9p server needs /proc/self/fd). */
   proc?: boolean;
-  /** Files the jailer opens read-write (as root, before the uid change) as these descriptors. */
-  inherits?: Array<{ fd: number; path: string }>;
+  /**
+   * Files the jailer opens read-write (as root, before the uid change) as
+   * these descriptors; `sealed`: refused unless a memfd sealed for good.
+   */
+  inherits?: Array<{ fd: number; path: string; sealed?: boolean }>;
+  /** Descriptors QEMU inherits from the shim (every other one above 2 is closed). */
+  keepFds?: number[];
   taps: Array<{ fd: number; ifname: string }>;
   netns?: string;
   pdeathsig: boolean;
@@ -127,7 +132,8 @@ export function jailedCommand(jailer: string, plan: JailPlan, program: string, a
   const a = ['--uid', String(plan.uid), '--gid', String(plan.gid)];
   if (plan.netns !== undefined) a.push('--netns', plan.netns);
   for (const t of plan.taps) a.push('--tap', `${t.fd}:${t.ifname}`);
-  for (const f of plan.inherits ?? []) a.push('--inherit', `${f.fd}=${f.path}`);
+  for (const f of plan.inherits ?? []) a.push(f.sealed ? '--inherit-sealed' : '--inherit', `${f.fd}=${f.path}`);
+  for (const fd of plan.keepFds ?? []) a.push('--keep-fd', String(fd));
   a.push('--root', plan.root);
   for (const p of binds.readOnly) a.push('--bind-ro', p);
   for (const p of binds.readWrite) a.push('--bind', p);

@@ -4,7 +4,7 @@
  * the state file. Neither a shell (`exec:`, which QEMU's seccomp `spawn=deny`
  * forbids) nor a path QEMU could write outside its jail is involved.
  */
-import { chown, rm } from 'node:fs/promises';
+import { lchown, lstat, rm } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { pipeline } from 'node:stream/promises';
@@ -49,7 +49,18 @@ export async function listenForMigration(socketPath: string, outFile: string, ow
       resolve();
     });
   });
-  if (owner) await chown(socketPath, owner.uid, owner.gid);
+  if (owner) {
+    // The dir is the jailed uid's: never follow what might have replaced our socket there (lchown),
+    // and hand over only the socket we bound.
+    try {
+      await lchown(socketPath, owner.uid, owner.gid);
+      const st = await lstat(socketPath);
+      if (!st.isSocket()) throw new InternalError(`migration socket ${socketPath} was replaced`);
+    } catch (err) {
+      server.close();
+      throw err;
+    }
+  }
   let closed = false;
   return {
     done,

@@ -16,7 +16,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, lchownSync, lstatSync, mkdirSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CancelledError,
@@ -40,7 +40,7 @@ import { cpuPlugCommands, memoryStepMiB, type HotpluggableCpu } from './hotplug.
 import type { VmResources } from './provider.js';
 import { needsSharedMemory } from './devices/index.js';
 import { QmpClient, type QmpCallOptions, type QmpEvent, type QmpStatus } from './qmp-client.js';
-import { parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStateFile, type VmState } from './state.js';
+import { endJailedUid, parseVmState, removeVmFiles, VM_STATE_FILE, VM_STATE_VERSION, writeStateFile, type VmState } from './state.js';
 import { Virtiofsd, type VirtiofsCache } from './virtiofsd.js';
 import { checkOp, type AgentEndpoint, type PauseOptions, type ReadyProbe, type StopOptions, type Vm, type VmEvents, type VmExit, type VmPhase, type WaitReadyOptions } from './vm.js';
 import { checkAbsPath, checkString, invalid } from './validate.js';
@@ -220,6 +220,19 @@ const INCOMING_STATE_FD = 3;
 const INHERITED_MEMORY_FD = 4;
 /** A template's RAM held in a sealed memfd (src/factory/memory-holder.ts): another process's descriptor. */
 const HELD_MEMORY = /^\/proc\/\d+\/fd\/\d+$/;
+
+/**
+ * A socket in a jailed QEMU's dir, about to be connected to by this (root)
+ * process: it must be a socket its uid made, not a symlink QEMU put there to
+ * another pod's or containerd's socket. (Between this check and the connect
+ * a swap is still possible; Node cannot connect through an O_PATH descriptor.)
+ */
+function checkJailedSocket(path: string, uid: number): void {
+  const st = lstatSync(path, { throwIfNoEntry: false });
+  if (st && (!st.isSocket() || st.uid !== uid)) {
+    throw new FailedPreconditionError(`${path}: not the socket the jailed QEMU (uid ${uid}) made (${st.isSymbolicLink() ? 'a symlink' : `owner ${st.uid}`}): refusing to connect`);
+  }
+}
 
 /** `name` as spawn would find it on PATH (the jailer execs an absolute path only). */
 function resolveOnPath(name: string): string {
@@ -413,6 +426,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     if (st.virtiofsd) vm.virtiofsd = Virtiofsd.attach(st.virtiofsd, vm.log);
     try {
       const signal = opts.signal ? AbortSignal.any([opts.signal, vm.opsAbort.signal]) : vm.opsAbort.signal;
+      if (st.jail) checkJailedSocket(st.qmpSocket, st.jail.uid);
       vm.qmp = await QmpClient.connect(st.qmpSocket, { logger: vm.log, timeoutMs: vm.timeouts.qmpConnectMs, signal, commandTimeoutMs: vm.timeouts.qmpCommandMs });
       vm.watchQmp(vm.qmp);
       const status = await vm.qmp.queryStatus();
@@ -605,7 +619,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         this.st.mounts = [...this.st.mounts, ...this.st.virtiofsd.mounts];
         writeStateFile(this.st);
         // virtiofsd (root) made the socket; the jailed QEMU must be able to connect to it.
-        if (this.st.jail) chownSync(this.st.virtiofsd.socketPath, this.st.jail.uid, this.st.jail.gid);
+        if (this.st.jail) lchownSync(this.st.virtiofsd.socketPath, this.st.jail.uid, this.st.jail.gid);
       }
       this.spawnQemu(plan);
       const qmp = await this.connectQmp(sig);
@@ -668,7 +682,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
    */
   private async prepareJail(jail: Required<JailSettings>, plan: Plan): Promise<void> {
     const uid = await leaseUid({ dir: jail.leaseDir, range: jail.uids, sandboxId: this.sandboxId, vmDir: this.st.dir });
-    this.st.jail = { uid, gid: uid, leaseDir: jail.leaseDir };
+    this.st.jail = { uid, gid: uid, leaseDir: jail.leaseDir, jailer: jail.jailer };
     writeStateFile(this.st);
     const qdir = join(this.st.dir, JAIL_DIRS.qemu);
     mkdirSync(qdir, { mode: 0o700 });
@@ -725,7 +739,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       devices: ['null', 'zero', 'urandom', ...(cfg.accel === 'kvm' ? ['kvm'] : []), ...(vhost ? ['vhost-net'] : [])],
       keepCaps: fileCaps ? FILE_CAPS : [],
       proc: serves9p || plan.inheritMemory !== undefined,
-      ...(plan.inheritMemory !== undefined ? { inherits: [{ fd: INHERITED_MEMORY_FD, path: plan.inheritMemory }] } : {}),
+      ...(plan.inheritMemory !== undefined ? { inherits: [{ fd: INHERITED_MEMORY_FD, path: plan.inheritMemory, sealed: true }] } : {}),
+      ...(plan.incomingState !== undefined ? { keepFds: [INCOMING_STATE_FD] } : {}),
       taps,
       ...(plan.netns !== undefined ? { netns: plan.netns } : {}),
       pdeathsig: plan.dieWithParent,
@@ -743,8 +758,14 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       launch = plan.dieWithParent ? dieWithParent(l.command, l.args) : l;
     }
     const { command, args } = launch;
-    const logFd = openSync(this.st.qemuLog, 'a', 0o600);
     const stateFd = plan.incomingState !== undefined ? openSync(plan.incomingState, 'r') : undefined;
+    let logFd: number;
+    try {
+      logFd = openSync(this.st.qemuLog, 'a', 0o600);
+    } catch (err) {
+      if (stateFd !== undefined) closeSync(stateFd);
+      throw err;
+    }
     let child: ChildProcess;
     try {
       // detached: setsid(), so QEMU has its own session and process group
@@ -778,6 +799,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       for (;;) {
         if (this.exitValue) throw new UnavailableError(`vm ${this.sandboxId}: qemu exited before QMP was up`);
         if (existsSync(path)) {
+          if (this.st.jail) checkJailedSocket(path, this.st.jail.uid);
           try {
             return await QmpClient.connect(path, { logger: this.log, signal: sig, timeoutMs: this.timeouts.qmpConnectMs, commandTimeoutMs: this.timeouts.qmpCommandMs });
           } catch (err) {
@@ -1047,10 +1069,15 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     if (this.virtiofsd) await this.virtiofsd.stop();
     for (const m of this.st.mounts) await unmountTree(m);
     if (!this.prepared) return; // the dir's files are not ours (start failed its checks)
-    if (this.lentMemoryFile !== undefined && existsSync(this.lentMemoryFile)) chownSync(this.lentMemoryFile, 0, 0);
+    if (this.lentMemoryFile !== undefined && existsSync(this.lentMemoryFile)) lchownSync(this.lentMemoryFile, 0, 0);
     const report = { removed: [] as string[], leftMounts: [] as string[] };
-    removeVmFiles(this.st, report, this.log);
-    if (this.st.jail) await releaseUid(this.st.jail.leaseDir, this.st.jail.uid, this.sandboxId);
+    try {
+      // Nothing of the jailed uid may outlive QEMU: not in its dir while it goes, not when the uid is leased again.
+      if (this.st.jail) await endJailedUid(this.st.jail, this.log);
+      removeVmFiles(this.st, report, this.log);
+    } finally {
+      if (this.st.jail) await releaseUid(this.st.jail.leaseDir, this.st.jail.uid, this.sandboxId);
+    }
     if (report.leftMounts.length > 0) {
       throw new FailedPreconditionError(`vm ${this.sandboxId}: mounts left under ${this.st.dir}: ${report.leftMounts.join(', ')}`);
     }

@@ -7,6 +7,7 @@
  * `cleanupFromState` signals a recorded process only while its pid AND start
  * time still match: a recycled pid is never killed.
  */
+import { execFile } from 'node:child_process';
 import { renameSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { InvalidArgumentError, NotFoundError } from '../errors/index.js';
@@ -48,8 +49,8 @@ export interface VmState {
   mounts: string[];
   /** The network namespace QEMU runs in (not the VM's to remove: whoever made it does). */
   netns?: string;
-  /** A jailed QEMU's uid (= gid) and where its lease is (given back when the VM is gone). */
-  jail?: { uid: number; gid: number; leaseDir: string };
+  /** A jailed QEMU's uid (= gid), where its lease is (given back when the VM is gone), and the jailer (which ends the uid's processes). */
+  jail?: { uid: number; gid: number; leaseDir: string; jailer?: string };
   /** ISO time the record was first written. */
   createdAt: string;
 }
@@ -86,6 +87,7 @@ export function parseVmState(value: unknown): VmState {
   if (o['jail'] !== undefined) {
     const j = o['jail'] as Record<string, unknown>;
     need(typeof j === 'object' && j !== null && Number.isInteger(j['uid']) && (j['uid'] as number) > 0 && Number.isInteger(j['gid']) && (j['gid'] as number) > 0 && isStr(j['leaseDir']), 'jail', 'must hold uid, gid (above 0) and leaseDir');
+    need(j['jailer'] === undefined || (isStr(j['jailer']) && (j['jailer'] as string).startsWith('/')), 'jail.jailer', 'must be an absolute path');
   }
   if (o['virtiofsd'] !== undefined) {
     const v = o['virtiofsd'] as Record<string, unknown>;
@@ -178,10 +180,33 @@ export async function cleanupFromState(state: VmState, opts: CleanupOptions): Pr
   }
   for (const m of ownMounts) await unmountTree(m);
   report.unmounted.push(...mountedBefore);
-  removeVmFiles(st, report, log);
-  if (st.jail) await releaseUid(st.jail.leaseDir, st.jail.uid, st.sandboxId);
+  try {
+    if (st.jail) await endJailedUid(st.jail, log);
+    removeVmFiles(st, report, log);
+  } finally {
+    if (st.jail) await releaseUid(st.jail.leaseDir, st.jail.uid, st.sandboxId);
+  }
   log.info({ killed: report.killed, skipped: report.skipped }, 'vm cleaned up from state');
   return report;
+}
+
+/** Bound on `kata-ts-jailer --kill-uid` (it gives up after 2 s itself). */
+export const KILL_UID_TIMEOUT_MS = 10_000;
+
+/**
+ * Ends every process of a jailed QEMU's uid (`kata-ts-jailer --kill-uid`):
+ * whatever QEMU may have left (a fork, were seccomp's spawn=deny off) must not
+ * run while its dir is removed, nor when the uid is leased to another VM.
+ * A failure is logged; the caller goes on.
+ */
+export async function endJailedUid(jail: NonNullable<VmState['jail']>, log: Logger): Promise<void> {
+  if (jail.jailer === undefined) return;
+  const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
+    execFile(jail.jailer!, ['--kill-uid', String(jail.uid)], { timeout: KILL_UID_TIMEOUT_MS }, (e, _out, err) => {
+      resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, err: String(err) });
+    });
+  });
+  if (r.code !== 0) log.error({ uid: jail.uid, code: r.code, stderr: r.err.trim() }, 'ending the jailed uid\'s processes failed');
 }
 
 /** Removes the VM's files, and its dir if it made it and nothing is mounted there. */
@@ -198,7 +223,7 @@ export function removeVmFiles(st: VmState, report: Pick<CleanupReport, 'removed'
   }
   for (const f of st.files) {
     // Only plain names inside dir: a tampered record cannot point elsewhere.
-    if (basename(f) !== f) continue;
+    if (basename(f) !== f || f === '.' || f === '..' || f === '') continue;
     // A jailed QEMU's dirs (qemu/, root/) too: nothing is mounted there (checked above).
     rmSync(join(st.dir, f), { force: true, recursive: true });
     report.removed.push(join(st.dir, f));

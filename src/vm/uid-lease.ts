@@ -3,11 +3,13 @@
  * (docs/security.md): a lease is a file `<dir>/<uid>` made with O_EXCL, so
  * two shims starting pods at once never get the same uid. The file names its
  * VM (sandbox id and VM dir); it is removed when the VM is gone (QemuVm's
- * teardown, or cleanupFromState after a shim died). A lease whose VM dir no
- * longer exists is stale (a host crash mid-teardown) and is taken over.
+ * teardown, or cleanupFromState after a shim died). A lease is never taken
+ * over: deciding that one is stale and taking it cannot be made atomic with
+ * files alone, and two QEMUs on one uid could reach each other. A lease left
+ * behind (a shim and its `delete` both killed mid-teardown) costs one uid of
+ * 64 Ki until /run is cleared at boot.
  */
 import { mkdir, readFile, rmdir, unlink, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ResourceExhaustedError } from '../errors/index.js';
@@ -88,12 +90,6 @@ export async function leaseUid(opts: { dir: string; range: UidRange; sandboxId: 
     const uid = range.first + ((start + i) % size);
     const path = join(dir, String(uid));
     if (await take(dir, path, body)) return uid;
-    const held = await readLease(path);
-    if (held && !existsSync(held.vmDir)) {
-      // Stale: its VM dir is gone. Unlink and race for it like any free uid.
-      await unlink(path).catch(() => {});
-      if (await take(dir, path, body)) return uid;
-    }
   }
   throw new ResourceExhaustedError(`no free uid for QEMU in ${range.first}-${range.last} (${size} leased under ${dir})`);
 }

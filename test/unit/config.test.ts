@@ -240,6 +240,9 @@ test('annotations: allowed keys override, others are ignored or refused', () => 
   refused(cfg, { [A('no_such_key')]: '1' }, 'unknown or non-overridable');
   refused(cfg, { [A('enable_annotations')]: '["path"]' }, 'non-overridable');
   refused(cfg, { [A('valid_hypervisor_paths')]: '/tmp/evil' }, 'non-overridable');
+  // QEMU's confinement is never a pod's to loosen.
+  for (const k of ['rootless', 'rootless_uids', 'jailer_path', 'seccompsandbox']) refused(cfg, { [A(k)]: 'false' }, 'non-overridable');
+  assert.throws(() => parseConfig('[hypervisor.qemu]\nkernel = "/k"\ninitrd = "/i"\nimage = "/r"\nenable_annotations = ["rootless"]\n', '/e/c.toml', 'etc'), /"rootless" is not an overridable key/);
 });
 
 test('annotations: a path must be in its valid list (security boundary)', () => {

@@ -1,9 +1,12 @@
 // How hardened a configuration leaves each pod's QEMU (src/shim/qemu-hardening.ts): every weakening one line naming its key.
 
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseConfig, shippedJailerPath, type KataConfig } from '../../src/config/index.js';
-import { qemuHardening } from '../../src/shim/qemu-hardening.js';
+import { accountsIn, qemuHardening } from '../../src/shim/qemu-hardening.js';
 import { DEFAULT_SECCOMP_SANDBOX } from '../../src/vm/jail.js';
 
 const MIN = `
@@ -101,4 +104,22 @@ test('every weakening at once: one line per key, each naming it', () => {
   const h = qemuHardening(config('shared_fs = "virtio-9p"\nseccompsandbox = "on"', 'enable_template = true'));
   assert.deepEqual(h.weakened.map((l) => l.slice(0, l.indexOf(' = '))), ['[hypervisor.qemu] shared_fs', '[hypervisor.qemu] seccompsandbox']);
   assert.match(h.weakened[1]!, /lacks obsolete=deny, elevateprivileges=deny, spawn=deny, resourcecontrol=deny$/);
+});
+
+test('seccompsandbox: QEMU takes the last value of a feature, so a trailing allow is a weakening', () => {
+  const h = qemuHardening(config(`seccompsandbox = "${DEFAULT_SECCOMP_SANDBOX},spawn=allow"`));
+  assert.equal(h.weakened.length, 1, JSON.stringify(h.weakened));
+  assert.match(h.weakened[0]!, /lacks spawn=deny$/);
+});
+
+test('accountsIn: users and groups of the host whose id lies in rootless_uids, named', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'accounts-'));
+  try {
+    writeFileSync(join(dir, 'passwd'), 'root:x:0:0::/root:/bin/sh\nodd:x:1879048200:100::/:/bin/false\n');
+    writeFileSync(join(dir, 'group'), 'root:x:0:\nclash:x:1879048300:\n');
+    assert.deepEqual(accountsIn('1879048192-1879113727', { passwd: join(dir, 'passwd'), group: join(dir, 'group') }), ['user odd (1879048200)', 'group clash (1879048300)']);
+    assert.deepEqual(accountsIn('5000-6000', { passwd: join(dir, 'passwd'), group: join(dir, 'group') }), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

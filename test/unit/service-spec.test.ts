@@ -60,7 +60,9 @@ describe('guest spec', () => {
 describe('rootfs mount argv', () => {
   it('overlay from the snapshotter, bind of the bundle rootfs', () => {
     assert.deepEqual(mountArgv({ type: 'overlay', source: 'overlay', options: ['workdir=/w', 'upperdir=/u', 'lowerdir=/l1:/l2'] }, '/t'),
-      ['-t', 'overlay', '-o', 'workdir=/w,upperdir=/u,lowerdir=/l1:/l2', 'overlay', '/t']);
+      ['-t', 'overlay', '-o', 'nodev,nosuid,workdir=/w,upperdir=/u,lowerdir=/l1:/l2', 'overlay', '/t']);
+    // nodev and nosuid once, whatever the snapshotter gave (a jailed 9p QEMU must not open an image's device nodes).
+    assert.deepEqual(mountArgv({ type: 'overlay', source: 'overlay', options: ['nosuid', 'lowerdir=/l'] }, '/t'), ['-t', 'overlay', '-o', 'nodev,nosuid,lowerdir=/l', 'overlay', '/t']);
     assert.deepEqual(mountArgv({ type: 'bind', source: '/s', options: ['ro'] }, '/t'), ['-o', 'rbind,ro', '/s', '/t']);
     assert.deepEqual(mountArgv({ type: 'bind', source: '/s', options: ['rbind', 'rw'] }, '/t'), ['-o', 'rbind,rw', '/s', '/t']);
     assert.throws(() => mountArgv({ type: 'overlay', source: 'o', target: 'x', options: [] }, '/t'), /target/);

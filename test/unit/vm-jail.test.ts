@@ -196,3 +196,14 @@ test('checkJailSettings: each bad setting is named under the given field', () =>
   throwsNaming(() => checkJailSettings({ jailer: '/j', uids: { first: 10, last: 9 } }, 'jail'), 'jail.uids');
   throwsNaming(() => checkJailSettings({ jailer: '/j', uids: { first: 1.5, last: 9 } }, 'jail'), 'jail.uids');
 });
+
+test('jailedCommand: a sealed inherit is --inherit-sealed, kept descriptors are --keep-fd', () => {
+  const plan: JailPlan = {
+    uid: 1879048200, gid: 1879048200, root: '/run/p/root', readOnly: [], readWrite: [], devices: [], keepCaps: [], taps: [], pdeathsig: false,
+    inherits: [{ fd: 4, path: '/proc/77/fd/3', sealed: true }, { fd: 5, path: '/x/file' }], keepFds: [3],
+  };
+  const { args } = jailedCommand('/j', plan, '/usr/bin/qemu', []);
+  assert.deepEqual(flagValues(args, '--inherit-sealed'), ['4=/proc/77/fd/3']);
+  assert.deepEqual(flagValues(args, '--inherit'), ['5=/x/file']);
+  assert.deepEqual(flagValues(args, '--keep-fd'), ['3']);
+});

@@ -1,4 +1,4 @@
-// One host uid per jailed QEMU (src/vm/uid-lease.ts): leases as O_EXCL files, stale ones taken over, the range parsed.
+// One host uid per jailed QEMU (src/vm/uid-lease.ts): leases as O_EXCL files, never taken over, the range parsed.
 
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -70,14 +70,16 @@ test('leaseUid: a range of one uid leased twice is RESOURCE_EXHAUSTED; a lease w
   assert.deepEqual(lease(dir, 400000), { sandboxId: 'first', vmDir: vmDir('first') }, 'the live lease is untouched');
 });
 
-test('leaseUid: a lease whose VM dir no longer exists is taken over', async () => {
+test('leaseUid: a lease is never taken over, even when its VM dir is gone (two QEMUs must never share a uid)', async () => {
   const { dir, vmDir } = fresh();
-  const one = { first: 410000, last: 410000 };
+  const two = { first: 410000, last: 410001 };
   const gone = vmDir('gone');
-  assert.equal(await leaseUid({ dir, range: one, sandboxId: 'crashed', vmDir: gone }), 410000);
+  const first = await leaseUid({ dir, range: two, sandboxId: 'crashed', vmDir: gone });
   rmSync(gone, { recursive: true });
-  assert.equal(await leaseUid({ dir, range: one, sandboxId: 'next', vmDir: vmDir('next') }), 410000);
-  assert.deepEqual(lease(dir, 410000), { sandboxId: 'next', vmDir: vmDir('next') });
+  const next = await leaseUid({ dir, range: two, sandboxId: 'next', vmDir: vmDir('next') });
+  assert.notEqual(next, first, 'the next VM gets the other uid');
+  assert.deepEqual(lease(dir, first), { sandboxId: 'crashed', vmDir: gone }, 'the left lease stays as it was');
+  await assert.rejects(leaseUid({ dir, range: two, sandboxId: 'third', vmDir: vmDir('third') }), hasCode(Code.RESOURCE_EXHAUSTED));
 });
 
 test('leaseUid: an unreadable lease file is left alone (not taken over)', async () => {

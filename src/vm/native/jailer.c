@@ -8,14 +8,14 @@
  *   2. --tap FD:IFNAME    opens each pod tap there (/dev/net/tun, TUNSETIFF
  *                         IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) as descriptor FD,
  *                         for QEMU's `-netdev tap,fd=FD`;
- *   3. a mount namespace  (every mount a slave: later host mounts under a
+ *   3. a mount and an IPC namespace (every mount a slave: later host mounts under a
  *                         shared source, such as a pod's shared dir, still
  *                         propagate in; nothing propagates out) whose root is
  *                         a fresh tmpfs on --root DIR holding only:
  *        --bind-ro PATH   PATH, read-only, nosuid, nodev (QEMU's binaries
  *                         and libraries under /usr, the guest image);
  *        --bind PATH      PATH, read-write, nosuid, nodev, noexec (the pod's
- *                         QEMU dir);
+ *                         QEMU dir); both on every mount under PATH too;
  *        --symlink L=T    a symlink L -> T (merged /usr: /lib -> usr/lib);
  *        --dev NAME       /dev/NAME made with mknod from the host's node:
  *                         null, zero, full, random, urandom are 0666; kvm,
@@ -31,24 +31,32 @@
  *      --keep-cap ones, supplementary groups set to --groups (default none),
  *      then setresgid(--gid) and setresuid(--uid): no capability survives
  *      unless kept (then in the ambient set, so that it survives the exec);
- *   5. PR_SET_NO_NEW_PRIVS, and with --pdeathsig PR_SET_PDEATHSIG(SIGKILL)
+ *   5. every other descriptor above 2 closed (--keep-fd N keeps N);
+ *      PR_SET_NO_NEW_PRIVS, and with --pdeathsig PR_SET_PDEATHSIG(SIGKILL)
  *      (set after the uid change, which clears it);
  *   6. execv(PROGRAM, ARGS).
  *
  * Usage: kata-ts-jailer --uid N --gid N [--groups N,N...] [--netns PATH]
  *          [--tap FD:IFNAME]... [--root DIR [--bind-ro PATH]... [--bind PATH]...
- *          [--symlink L=T]... [--dev NAME]... [--proc]] [--inherit FD=PATH]...
- *          [--keep-cap NAME]... [--pdeathsig]
+ *          [--symlink L=T]... [--dev NAME]... [--proc]] [--inherit[-sealed] FD=PATH]...
+ *          [--keep-fd N]... [--keep-cap NAME]... [--pdeathsig]
  *          -- PROGRAM ARGS...
  *
  * On failure: one line "kata-ts-jailer: <step>: <reason>" on stderr (QEMU's
  * log) and exit status 126, before anything runs as the jailed user.
  *
+ *   kata-ts-jailer --kill-uid N
+ *                       SIGKILLs every process of uid N (as N: kill(-1)),
+ *                       until none is left: run when a jailed QEMU is gone,
+ *                       before its dir is removed and its uid leased again.
+ *
  * Two more jobs, both for VM templates:
  *
- *   --inherit FD=PATH   (with the options above) opens PATH read-write as
- *                       root, before the uid change, as descriptor FD: a
- *                       clone's guest RAM, `mem-path=/proc/self/fd/FD`.
+ *   --inherit-sealed FD=PATH   (with the options above) opens PATH
+ *                       read-write as root, before the uid change, as
+ *                       descriptor FD, and refuses it unless it is a memfd
+ *                       sealed for good: a clone's guest RAM,
+ *                       `mem-path=/proc/self/fd/FD` (--inherit: any file).
  *
  *   kata-ts-jailer --hold-memory [CGROUP_PROCS...]   (stdin: a template's
  *                       memory file; cwd: its template dir) first joins the
@@ -67,6 +75,7 @@
  *                       template shares. Clones get /proc/<pid>/fd/3.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -107,7 +116,7 @@ static void die(const char *fmt, ...) {
 #define DIE(...) do { errno = 0; die(__VA_ARGS__); } while (0)
 
 struct tap { int fd; const char *name; };
-struct inherit { int fd; const char *path; };
+struct inherit { int fd; const char *path; int sealed; };
 
 struct opts {
   long uid, gid;
@@ -131,6 +140,8 @@ struct opts {
   int nkeep;
   int pdeathsig;
   int proc;
+  int keep_fds[MAX_ITEMS];
+  int nkeep_fds;
   char **argv;
 };
 
@@ -191,11 +202,15 @@ static void parse(int argc, char **argv, struct opts *o) {
       struct tap *t = &o->taps[o->ntaps++];
       t->fd = fd_spec(a, v, ':', &t->name);
       if (strlen(t->name) >= IFNAMSIZ) DIE("--tap: interface name too long: %s", t->name);
-    } else if (strcmp(a, "--inherit") == 0) {
+    } else if (strcmp(a, "--inherit") == 0 || strcmp(a, "--inherit-sealed") == 0) {
       if (o->ninherits >= MAX_ITEMS) DIE("too many --inherit");
       struct inherit *in = &o->inherits[o->ninherits++];
       in->fd = fd_spec(a, v, '=', &in->path);
+      in->sealed = strcmp(a, "--inherit-sealed") == 0;
       if (in->path[0] != '/') DIE("--inherit: not an absolute path: %s", in->path);
+    } else if (strcmp(a, "--keep-fd") == 0) {
+      if (o->nkeep_fds >= MAX_ITEMS) DIE("too many --keep-fd");
+      o->keep_fds[o->nkeep_fds++] = (int)number(v, a, 3, 1023);
     } else if (strcmp(a, "--root") == 0) o->root = v;
     else if (strcmp(a, "--bind-ro") == 0) add(o->binds_ro, &o->nbinds_ro, v, a);
     else if (strcmp(a, "--bind") == 0) add(o->binds_rw, &o->nbinds_rw, v, a);
@@ -220,6 +235,14 @@ static void parse(int argc, char **argv, struct opts *o) {
 static void inherit_file(const struct inherit *in) {
   int fd = open(in->path, O_RDWR | O_CLOEXEC);
   if (fd < 0) die("inherit %s", in->path);
+  if (in->sealed) {
+    /* A template's held RAM: refuse anything but a memfd sealed for good (a recycled holder pid
+       would otherwise hand QEMU some other process's descriptor). */
+    const int want = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0) die("inherit %s: not a sealed memfd", in->path);
+    if ((seals & want) != want) DIE("inherit %s: seals 0x%x, want 0x%x", in->path, seals, want);
+  }
   if (fd != in->fd) {
     if (dup2(fd, in->fd) < 0) die("inherit %s: dup2 to %d", in->path, in->fd);
     close(fd);
@@ -287,6 +310,70 @@ static int hold_memory(int ncg, char **cgroup_procs) {
   }
 }
 
+static int cmp_int(const void *a, const void *b) {
+  return *(const int *)a - *(const int *)b;
+}
+
+/* Every descriptor above 2 but the ones QEMU is given: nothing of the shim's leaks into the jail. */
+static void close_others(const struct opts *o) {
+  int keep[3 * MAX_ITEMS];
+  int n = 0;
+  for (int i = 0; i < o->nkeep_fds; i++) keep[n++] = o->keep_fds[i];
+  for (int i = 0; i < o->ntaps; i++) keep[n++] = o->taps[i].fd;
+  for (int i = 0; i < o->ninherits; i++) keep[n++] = o->inherits[i].fd;
+  qsort(keep, (size_t)n, sizeof keep[0], cmp_int);
+  unsigned int from = 3;
+  for (int i = 0; i < n; i++) {
+    if ((unsigned int)keep[i] > from && close_range(from, (unsigned int)keep[i] - 1, 0) < 0) die("close descriptors %u-%d", from, keep[i] - 1);
+    if ((unsigned int)keep[i] >= from) from = (unsigned int)keep[i] + 1;
+  }
+  if (close_range(from, ~0U, 0) < 0) die("close descriptors from %u", from);
+}
+
+/*
+ * Every process of uid N SIGKILLed, as N itself (kill(-1) reaches exactly the
+ * processes a process of that uid may signal: its own uid's): what QEMU might
+ * have forked is gone before its files are removed and the uid is leased again.
+ */
+/* Is a live (not zombie) process other than this one running with real or effective uid `uid`? */
+static int uid_has_processes(long uid) {
+  DIR *d = opendir("/proc");
+  if (!d) die("kill-uid: /proc");
+  int found = 0;
+  struct dirent *e;
+  while (!found && (e = readdir(d)) != NULL) {
+    char *end;
+    long pid = strtol(e->d_name, &end, 10);
+    if (*end || pid <= 0 || pid == (long)getpid()) continue;
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", pid);
+    FILE *f = fopen(path, "re");
+    if (!f) continue; /* gone meanwhile */
+    int zombie = 0;
+    long ruid = -1, euid = -1;
+    while (fgets(line, sizeof line, f)) {
+      if (strncmp(line, "State:", 6) == 0) zombie = strchr(line, 'Z') != NULL || strchr(line, 'X') != NULL;
+      else if (sscanf(line, "Uid: %ld %ld", &ruid, &euid) == 2) break;
+    }
+    fclose(f);
+    if (!zombie && (ruid == uid || euid == uid)) found = 1;
+  }
+  closedir(d);
+  return found;
+}
+
+static int kill_uid(long uid) {
+  if (setgroups(0, NULL) < 0 || setresgid((gid_t)uid, (gid_t)uid, (gid_t)uid) < 0 || setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0) die("kill-uid: become %ld", uid);
+  for (int round = 0; round < 200; round++) {
+    if (!uid_has_processes(uid)) return 0;
+    /* As that uid, kill(-1) reaches exactly its own processes (a fork bomb's new ones next round). */
+    if (kill(-1, SIGKILL) < 0 && errno != ESRCH) die("kill-uid %ld", uid);
+    usleep(10000);
+  }
+  DIE("kill-uid %ld: processes of that uid are still running after 2 s", uid);
+  return 1;
+}
+
 static void enter_netns(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) die("netns %s", path);
@@ -334,8 +421,9 @@ static void bind_in(const char *root, const char *path, int readonly) {
   char dst[4096];
   snprintf(dst, sizeof dst, "%s%s", root, path);
   if (mount(path, dst, NULL, MS_BIND | MS_REC, NULL) < 0) die("bind %s", path);
-  unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (readonly ? MS_RDONLY : MS_NOEXEC);
-  if (mount(NULL, dst, NULL, flags, NULL) < 0) die("remount %s %s", path, readonly ? "read-only" : "nosuid,nodev,noexec");
+  /* On every mount of the copied tree, not just its top: a container's rootfs under a 9p share, say. */
+  struct mount_attr attr = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (readonly ? MOUNT_ATTR_RDONLY : MOUNT_ATTR_NOEXEC) };
+  if (mount_setattr(AT_FDCWD, dst, AT_RECURSIVE, &attr, sizeof attr) < 0) die("mount_setattr %s %s", path, readonly ? "read-only" : "nosuid,nodev,noexec");
 }
 
 static void symlink_in(const char *root, const char *spec) {
@@ -366,7 +454,7 @@ static void make_dev(const char *root, const char *name, uid_t uid, gid_t gid) {
 }
 
 static void jail(const struct opts *o) {
-  if (unshare(CLONE_NEWNS) < 0) die("unshare mount namespace");
+  if (unshare(CLONE_NEWNS | CLONE_NEWIPC) < 0) die("unshare mount and IPC namespaces");
   /* Slaves: host mounts under a shared source keep arriving; ours never leave. */
   if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / a slave");
   const char *root = o->root;
@@ -397,30 +485,27 @@ static void jail(const struct opts *o) {
   if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("remount the new root read-only");
 }
 
-static int last_cap(void) {
-  int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
-  char buf[16] = { 0 };
-  if (fd < 0 || read(fd, buf, sizeof buf - 1) <= 0) return CAP_LAST_CAP;
-  close(fd);
-  return atoi(buf);
-}
-
 static int kept(const struct opts *o, int cap) {
   for (int i = 0; i < o->nkeep; i++) if (o->keep[i] == cap) return 1;
   return 0;
 }
 
-static void drop_privileges(const struct opts *o, int lastcap) {
-  for (int c = 0; c <= lastcap; c++) {
+static void drop_privileges(const struct opts *o) {
+  /* Up to the first number the kernel does not know (newer than our headers, too). */
+  for (int c = 0;; c++) {
     if (kept(o, c)) continue;
-    if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) die("drop capability %d from the bounding set", c);
+    if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+      if (errno == EINVAL) break;
+      die("drop capability %d from the bounding set", c);
+    }
   }
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) die("clear ambient capabilities");
   if (o->nkeep > 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) die("keep capabilities over the uid change");
   if (setgroups((size_t)o->ngroups, o->groups) < 0) die("setgroups");
   if (setresgid((gid_t)o->gid, (gid_t)o->gid, (gid_t)o->gid) < 0) die("setresgid %ld", o->gid);
   if (setresuid((uid_t)o->uid, (uid_t)o->uid, (uid_t)o->uid) < 0) die("setresuid %ld", o->uid);
-  if (o->nkeep > 0) {
+  {
+    /* Exactly the kept ones (none: every set empty, the inheritable one too). */
     struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
@@ -434,7 +519,7 @@ static void drop_privileges(const struct opts *o, int lastcap) {
     for (int i = 0; i < o->nkeep; i++) {
       if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, o->keep[i], 0, 0) < 0) die("raise ambient capability %d", o->keep[i]);
     }
-    if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) die("reset keep-capabilities");
+    if (o->nkeep > 0 && prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) die("reset keep-capabilities");
   }
   if (getuid() == 0 || geteuid() == 0) DIE("still root after setresuid");
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
@@ -442,16 +527,20 @@ static void drop_privileges(const struct opts *o, int lastcap) {
 
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "--hold-memory") == 0) return hold_memory(argc - 2, argv + 2);
+  if (argc == 3 && strcmp(argv[1], "--kill-uid") == 0) {
+    if (geteuid() != 0) DIE("--kill-uid must start as root");
+    return kill_uid(number(argv[2], "--kill-uid", 1, 0xfffffffeL));
+  }
   struct opts o;
   parse(argc, argv, &o);
   if (geteuid() != 0) DIE("must start as root (it drops to --uid %ld)", o.uid);
   pid_t parent = getppid();
-  int lastcap = last_cap();
   if (o.netns) enter_netns(o.netns);
   for (int i = 0; i < o.ntaps; i++) open_tap(&o.taps[i]);
   for (int i = 0; i < o.ninherits; i++) inherit_file(&o.inherits[i]);
+  close_others(&o);
   if (o.root) jail(&o);
-  drop_privileges(&o, lastcap);
+  drop_privileges(&o);
   if (o.pdeathsig) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("pdeathsig");
     if (getppid() != parent) DIE("parent exited before the exec");
