@@ -38,12 +38,10 @@ import { logSince } from '../test/harness/ctr.js';
 import { defaultConfigText } from '../test/harness/guest.js';
 import {
   cell, check, commonOptions, COMMON_USAGE, endBench, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, median, parseOptions, podMem, podPss, removeTask, rotated, runBench, shimLogMs, shimOf,
-  type CommonArgs, type PodMem,
+  type CommonArgs, type PodMem, KATA, RUNC,
 } from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
-const KATA = 'io.containerd.kata.v2';
-const RUNC = 'io.containerd.runc.v2';
 const SLOW_MS = 300_000;
 
 interface Variant {

@@ -256,3 +256,7 @@ export const COMMON_USAGE = '--runs N, --settle-ms N, --json FILE, --log FILE';
 
 /** Round `i`'s order: the variants rotated by i. */
 export const rotated = <T>(xs: T[], i: number): T[] => xs.map((_, j) => xs[(i + j) % xs.length]!);
+
+/** The runtime types the benches compare: this shim and containerd's runc shim. */
+export const KATA = 'io.containerd.kata.v2';
+export const RUNC = 'io.containerd.runc.v2';

@@ -37,10 +37,9 @@ import { mountsUnder } from '../src/vm/index.js';
 import { BUSYBOX_IMAGE, importImage, projectRoot } from '../test/harness/busybox.js';
 import { descendants, procCmdline, startContainerd, waitFor, type Containerd, type CtrResult } from '../test/harness/containerd.js';
 import { rssBytes } from '../test/harness/ctr.js';
+import { KATA, RUNC } from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
-const KATA = 'io.containerd.kata.v2';
-const RUNC = 'io.containerd.runc.v2';
 const MB = 1e6;
 
 interface Args {

@@ -46,12 +46,10 @@ import { logSince, podAnnotations } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
 import {
   cell, check, commonOptions, COMMON_USAGE, endBench, fmtMB, fmtMs, fmtRatio, foreignLoad, logSize, median, origins, parseOptions, podMem, podPss, removeTask, rotated, runBench, shimLogMs, shimOf,
-  type CommonArgs, type PodMem,
+  type CommonArgs, type PodMem, KATA, RUNC,
 } from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
-const KATA = 'io.containerd.kata.v2';
-const RUNC = 'io.containerd.runc.v2';
 /** ctr calls that boot or stop a VM under TCG (or wait for a template build): generous. */
 const SLOW_MS = 300_000;
 /** A container's limits: 1 GiB and one CPU (quota = period). */

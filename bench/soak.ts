@@ -50,9 +50,9 @@ import {
 } from '../test/harness/ctr.js';
 import { openFds } from '../test/harness/leaks.js';
 import { assertPodGone, podBaseline } from '../test/harness/pod-leaks.js';
+import { KATA } from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
-const KATA = 'io.containerd.kata.v2';
 const TASK = 'containerd.task.v2.Task';
 const T = containerd.task.v2;
 const Status = containerd.v1.types.Status;

@@ -62,12 +62,10 @@ import { logSince, tasks } from '../test/harness/ctr.js';
 import { defaultConfigText, templateConfigEdit } from '../test/harness/guest.js';
 import {
   cell, check, endBench, fmtMB, fmtMs, fmtRatio, foreignLoad, intOption, logSize, MB, median, origins, parseOptions, podMem, podPss, removeTask, runBench, shimLogMs, shimOf, sum,
-  type Origins, type PodMem,
+  type Origins, type PodMem, KATA, RUNC,
 } from './lib.js';
 
 const IMG = BUSYBOX_IMAGE;
-const KATA = 'io.containerd.kata.v2';
-const RUNC = 'io.containerd.runc.v2';
 /** ctr/CRI calls that boot or stop a VM under TCG (or wait for a template build): generous. */
 const SLOW_MS = 300_000;
 

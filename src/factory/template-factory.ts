@@ -17,14 +17,14 @@
  *   or restored is named in one warning (and in `factory status`), and the pod
  *   boots cold.
  */
-import { access, constants as fsConstants, mkdir, rm } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { AgentClient } from '../agent-client/index.js';
 import { connectReadyAgent } from '../sandbox/sandbox-vm.js';
 import { Code, StatusError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { BootVmProvider, type BootVmProviderOptions, type VmProvider, type VmRequest } from '../vm/provider.js';
-import { hostTscKhz } from '../vm/host.js';
+import { hostTscKhz, resolveOnPath } from '../vm/host.js';
 import type { Vm } from '../vm/vm.js';
 import type { QemuVm } from '../vm/qemu.js';
 import type { ProcessIdentity } from '../vm/proc.js';
@@ -62,22 +62,6 @@ export interface TemplateFactoryOptions {
 /** How a pod got its VM. */
 export type VmOrigin = { kind: 'clone'; template: string } | { kind: 'cold'; reason?: string };
 
-/** Resolves a binary name the way spawn would (PATH), for its identity. */
-async function resolveBinary(name: string): Promise<string> {
-  if (name.includes('/')) return name;
-  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
-    if (!dir) continue;
-    const p = join(dir, name);
-    try {
-      await access(p, fsConstants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return name;
-}
-
 export class TemplateFactory {
   private readonly log: Logger;
   private readonly buildTimeoutMs: number;
@@ -95,7 +79,8 @@ export class TemplateFactory {
     if (root === undefined) throw new StatusError(Code.FAILED_PRECONDITION, 'a VM template needs the guest root image');
     const tsc = machine === 'microvm' ? hostTscKhz() : undefined;
     const spec: TemplateSpec = {
-      qemuBinary: await resolveBinary(boot.qemuBinary ?? 'qemu-system-x86_64'),
+      // The binary spawn would run, for its identity (a name not on PATH stays a name: its identity then fails, naming it).
+      qemuBinary: resolveOnPath(boot.qemuBinary ?? 'qemu-system-x86_64') ?? boot.qemuBinary ?? 'qemu-system-x86_64',
       kernel: boot.kernel,
       ...(boot.initrd !== undefined ? { initrd: boot.initrd } : {}),
       rootfs: root,

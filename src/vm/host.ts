@@ -1,7 +1,9 @@
 /**
- * Facts about the host that shape QEMU's arguments, read once per process.
+ * Facts about the host that shape QEMU's arguments, read once per process,
+ * and where a binary is.
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync, statSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
 
 /**
  * `cpu MHz` of the first CPU in /proc/cpuinfo text, × 1000, or undefined.
@@ -27,4 +29,20 @@ export function hostTscKhz(): number | undefined {
     }
   }
   return cachedTscKhz;
+}
+
+/** `name` as spawn would find it: itself when it holds a '/', else the first executable of that name on PATH; undefined when none. */
+export function resolveOnPath(name: string, path = process.env['PATH'] ?? ''): string | undefined {
+  if (name.includes('/')) return name;
+  for (const dir of path.split(delimiter)) {
+    if (!dir) continue;
+    const p = join(dir, name);
+    try {
+      accessSync(p, fsConstants.X_OK);
+      if (statSync(p).isFile()) return p;
+    } catch {
+      /* next */
+    }
+  }
+  return undefined;
 }

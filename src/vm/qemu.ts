@@ -32,7 +32,7 @@ import {
 import type { Logger } from '../log/index.js';
 import { abortError, deadline, settlesWithin, sleep, withDeadline } from './abort.js';
 import { DEFAULT_AGENT_PORT_NAME, type BlockDeviceConfig, type DeviceConfig, type TapNetConfig } from './devices/index.js';
-import { hostTscKhz } from './host.js';
+import { hostTscKhz, resolveOnPath } from './host.js';
 import { unmountTree } from './mounts.js';
 import { dieWithParent, identify, isAlive, tailFile, terminate, waitGone } from './proc.js';
 import { buildQemuArgs, QEMU_BINARY, type MachineType, type QemuConfig } from './qemu-args.js';
@@ -200,6 +200,8 @@ interface Plan {
   dieWithParent: boolean;
   incomingState: string | undefined;
   jail: Required<JailSettings> | undefined;
+  /** Where QEMU's sockets and console are: the sandbox dir, or its `qemu/` when jailed (qemuFilesDir). */
+  qemuDir: string;
   /** A jailed clone's held template RAM: the jailer opens it as INHERITED_MEMORY_FD. */
   inheritMemory: string | undefined;
 }
@@ -209,17 +211,19 @@ export const QEMU_RESTORE_TIMEOUT_MS = 30_000;
 /** Save: stop → migrate → completed. */
 export const QEMU_SAVE_TIMEOUT_MS = 60_000;
 
-/** A template's state file: the shim reads it (QEMU gets it as fd 3) and writes it (from QEMU's migration socket). */
-function checkStatePath(path: string, field: string): void {
-  checkAbsPath(path, field);
-}
-
 /** The descriptor a restoring QEMU reads its incoming state from (`migrate-incoming fd:3`). */
 const INCOMING_STATE_FD = 3;
 /** The descriptor a jailed clone maps its template's held RAM from (`mem-path=/proc/self/fd/4`). */
 const INHERITED_MEMORY_FD = 4;
 /** A template's RAM held in a sealed memfd (src/factory/memory-holder.ts): another process's descriptor. */
 const HELD_MEMORY = /^\/proc\/\d+\/fd\/\d+$/;
+
+/** The QEMU binary spawn would run, as the absolute path the jailer needs. */
+function jailedBinary(name: string): string {
+  const p = resolveOnPath(name);
+  if (p === undefined) throw new FailedPreconditionError(`${name}: not found on PATH`);
+  return p;
+}
 
 /**
  * A socket in a jailed QEMU's dir, about to be connected to by this (root)
@@ -234,14 +238,6 @@ function checkJailedSocket(path: string, uid: number): void {
   }
 }
 
-/** `name` as spawn would find it on PATH (the jailer execs an absolute path only). */
-function resolveOnPath(name: string): string {
-  if (name.includes('/')) return name;
-  for (const d of (process.env['PATH'] ?? '').split(':')) {
-    if (d !== '' && isFile(join(d, name))) return join(d, name);
-  }
-  throw new FailedPreconditionError(`${name}: not found on PATH`);
-}
 
 /**
  * The command that starts QEMU: QEMU itself, or — to run it in a network
@@ -317,7 +313,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     if (opts.netns !== undefined) checkAbsPath(opts.netns, 'netns');
     if (opts.nsenterBinary !== undefined) checkString(opts.nsenterBinary, 'nsenterBinary');
     if (opts.incomingState !== undefined) {
-      checkStatePath(opts.incomingState, 'incomingState');
+      checkAbsPath(opts.incomingState, 'incomingState');
       if (!opts.memoryFile) throw invalid('incomingState', 'needs memoryFile (the saved state holds no RAM)');
     }
     this.sandboxId = opts.sandboxId;
@@ -328,7 +324,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     const jail = opts.jail ? checkJailSettings(opts.jail, 'jail') : undefined;
     const f = (name: string): string => join(opts.dir, name);
     // A jailed QEMU's sockets and console: in the one dir it may write.
-    const q = (name: string): string => join(qemuFilesDir(opts.dir, jail !== undefined), name);
+    const qemuDir = qemuFilesDir(opts.dir, jail !== undefined);
+    const q = (name: string): string => join(qemuDir, name);
     const devices: DeviceConfig[] = [];
     const agentOpt: AgentChannelOptions = opts.agent ?? { transport: 'virtio-serial' };
     let agent: AgentEndpoint;
@@ -384,13 +381,15 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     buildQemuArgs(qemuConfig); // validate now: a bad config fails before anything exists
     this.plan = {
       qemuConfig,
-      binary: jail ? resolveOnPath(opts.qemuBinary ?? QEMU_BINARY) : opts.qemuBinary ?? QEMU_BINARY,
+      // The jailer execs an absolute path only.
+      binary: jail ? jailedBinary(opts.qemuBinary ?? QEMU_BINARY) : opts.qemuBinary ?? QEMU_BINARY,
       sharedFs: opts.sharedFs,
       netns: opts.netns,
       nsenter: opts.nsenterBinary ?? 'nsenter',
       dieWithParent: opts.dieWithParent ?? false,
       incomingState: opts.incomingState,
       jail,
+      qemuDir,
       inheritMemory,
     };
     this.st = {
@@ -604,7 +603,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
       if (plan.sharedFs && plan.sharedFs.kind !== 'virtio-9p') {
         const sf = plan.sharedFs;
         this.virtiofsd = await Virtiofsd.start({
-          socketPath: join(qemuFilesDir(this.st.dir, plan.jail !== undefined), VM_FILES.virtiofsd),
+          socketPath: join(plan.qemuDir, VM_FILES.virtiofsd),
           sharedDir: sf.sharedDir,
           logFile: join(this.st.dir, VM_FILES.virtiofsdLog),
           logger: this.log,
@@ -684,9 +683,8 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     const uid = await leaseUid({ dir: jail.leaseDir, range: jail.uids, sandboxId: this.sandboxId, vmDir: this.st.dir });
     this.st.jail = { uid, gid: uid, leaseDir: jail.leaseDir, jailer: jail.jailer };
     writeStateFile(this.st);
-    const qdir = join(this.st.dir, JAIL_DIRS.qemu);
-    mkdirSync(qdir, { mode: 0o700 });
-    chownSync(qdir, uid, uid);
+    mkdirSync(plan.qemuDir, { mode: 0o700 });
+    chownSync(plan.qemuDir, uid, uid);
     mkdirSync(join(this.st.dir, JAIL_DIRS.root), { mode: 0o700 });
     const mem = plan.qemuConfig.memoryFile;
     if (mem?.share && !existsSync(mem.path)) {
@@ -711,7 +709,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
     const cfg = plan.qemuConfig;
     const j = this.st.jail!;
     const readOnly = [cfg.kernel, ...(cfg.initrd !== undefined ? [cfg.initrd] : [])];
-    const readWrite = [join(this.st.dir, JAIL_DIRS.qemu)];
+    const readWrite = [plan.qemuDir];
     const taps: JailPlan['taps'] = [];
     let vhost = false;
     let serves9p = false;
@@ -843,7 +841,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
    * paused; stop() it afterwards. Needs memoryFile with share = true.
    */
   async saveState(stateFile: string, opts: { signal?: AbortSignal } = {}): Promise<{ ms: number }> {
-    checkStatePath(stateFile, 'stateFile');
+    checkAbsPath(stateFile, 'stateFile');
     checkOp(this.sandboxId, this.phaseValue, 'pause');
     const mem = this.plan?.qemuConfig.memoryFile;
     if (!mem?.share) throw new FailedPreconditionError(`vm ${this.sandboxId}: saveState needs guest RAM in a shared memory file`);
@@ -856,7 +854,7 @@ export class QemuVm extends EventEmitter<VmEvents> implements Vm {
         if (this.phaseValue === 'running') this.phaseValue = 'paused';
         await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, call);
         // QEMU streams to a socket in its own dir; we write the file.
-        const socketPath = join(qemuFilesDir(this.st.dir, this.st.jail !== undefined), VM_FILES.migration);
+        const socketPath = join(this.plan!.qemuDir, VM_FILES.migration);
         const sink = await listenForMigration(socketPath, stateFile, this.st.jail);
         try {
           await qmp.execute('migrate', { uri: `unix:${socketPath}` }, call);

@@ -8,6 +8,7 @@ import {
 } from '../../src/vm/jail.js';
 import { DEFAULT_UID_LEASE_DIR, DEFAULT_UID_RANGE } from '../../src/vm/uid-lease.js';
 import { flagValues } from '../harness/argv.js';
+import { resolveOnPath } from '../../src/vm/host.js';
 import { throwsNaming } from '../harness/vm-config.js';
 
 // ---------------------------------------------------------------------------
@@ -206,4 +207,10 @@ test('jailedCommand: a sealed inherit is --inherit-sealed, kept descriptors are 
   assert.deepEqual(flagValues(args, '--inherit-sealed'), ['4=/proc/77/fd/3']);
   assert.deepEqual(flagValues(args, '--inherit'), ['5=/x/file']);
   assert.deepEqual(flagValues(args, '--keep-fd'), ['3']);
+});
+
+test('resolveOnPath: a name on PATH becomes its absolute path; a path stays; a name nowhere is undefined', () => {
+  assert.equal(resolveOnPath('sh', '/nonexistent-dir::/bin'), '/bin/sh');
+  assert.equal(resolveOnPath('/opt/q/qemu', '/bin'), '/opt/q/qemu');
+  assert.equal(resolveOnPath('no-such-binary-here', '/bin:/usr/bin'), undefined);
 });
